@@ -24,7 +24,7 @@ from bot.web import origin
 from engine.config import load_config
 from engine.metrics import source_of
 from tests.conftest import free_port, wait_until_answering, write
-from tests.test_cli import SQUALL
+from tests.test_cli import SQUALL, in_process
 
 KEY = "test-key-123"
 HOOK_SECRET = "s3cr3t"
@@ -163,13 +163,15 @@ async def test_env_keys(squall: Squall, monkeypatch: pytest.MonkeyPatch) -> None
         assert (await c.get("/api/v1/packs", headers={"St2-Api-Key": ""})).status_code == 401
 
 
-def test_apikey_cli_create_list_delete(home: Path) -> None:
+def test_apikey_cli_create_list_delete(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _home(home)
-    base = [str(SQUALL), "-c", str(home / "config.yml"), "apikey"]
-    created = subprocess.run([*base, "create", "--name", "ci", "--json"], capture_output=True, text=True, check=True)
+    cli = in_process(home, monkeypatch)
+    created = cli("apikey", "create", "--name", "ci", "--json")
+    assert created.exit_code == 0, created.stderr
     record = json.loads(created.stdout)
     assert record["name"] == "ci" and len(record["key"]) > 30
-    listed = subprocess.run([*base, "list", "--json"], capture_output=True, text=True, check=True)
+    listed = cli("apikey", "list", "--json")
+    assert listed.exit_code == 0, listed.stderr
     keys = json.loads(listed.stdout)
     assert [k["id"] for k in keys] == [record["id"]] and "key" not in keys[0] and record["key"] not in listed.stdout
     # only the hash is stored
@@ -179,9 +181,9 @@ def test_apikey_cli_create_list_delete(home: Path) -> None:
     engine.dispose()
     assert rows[0]["key_hash"] == hashlib.sha256(record["key"].encode()).hexdigest()
     assert record["key"] not in json.dumps([dict(r) for r in rows], default=str)
-    assert subprocess.run([*base, "delete", record["id"]], capture_output=True).returncode == 0
-    missing = subprocess.run([*base, "delete", record["id"]], capture_output=True, text=True)
-    assert missing.returncode == 2 and "no API key" in missing.stderr
+    assert cli("apikey", "delete", record["id"]).exit_code == 0
+    missing = cli("apikey", "delete", record["id"])
+    assert missing.exit_code == 2 and "no API key" in missing.stderr
 
 
 async def test_created_and_deleted_db_key(squall: Squall, anon: httpx.AsyncClient) -> None:

@@ -4,6 +4,7 @@ UDP, checked with a local listener) or to stdout, secrets masked; a failing sink
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import csv
 import io
@@ -319,8 +320,10 @@ async def test_bad_sinks_are_named(home: Path, sinks: str, message: str) -> None
         await Squall.start(load_config(_with(home, sinks)))
 
 
-def test_audit_export_jsonl_and_csv_oldest_first_within_the_range(home: Path) -> None:
+def test_audit_export_jsonl_and_csv_oldest_first_within_the_range(home: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     from engine.storage import Store
+    from tests.test_cli import in_process
 
     write(home / "config.yml", "database:\n  url: sqlite:///data/squall.db\n")
     store = Store.open(f"sqlite:///{home / 'data' / 'squall.db'}")
@@ -330,10 +333,11 @@ def test_audit_export_jsonl_and_csv_oldest_first_within_the_range(home: Path) ->
     finally:
         store.close()
 
+    cli = in_process(home, monkeypatch)
+
     def export(*args: str) -> str:
-        done = subprocess.run([str(SQUALL), "-c", str(home / "config.yml"), "audit", "export", *args],
-                              capture_output=True, text=True, timeout=60, cwd=home)
-        assert done.returncode == 0, done.stderr
+        done = cli("audit", "export", *args)
+        assert done.exit_code == 0, done.stderr
         return done.stdout
 
     entries = [json.loads(line) for line in export("--since", "2000-01-01").splitlines()]
@@ -349,12 +353,11 @@ def test_audit_export_jsonl_and_csv_oldest_first_within_the_range(home: Path) ->
     assert rows[0] == ["time", "event", "actor", "source", "target", "detail", "id"] and len(rows) == 4
     assert rows[3][2] == "user2" and json.loads(rows[3][5]) == {"token": "********", "n": 2}
     assert [int(row[6]) for row in rows[1:]] == [e["id"] for e in entries]
-    bad = subprocess.run([str(SQUALL), "-c", str(home / "config.yml"), "audit", "export", "--format", "xml"],
-                         capture_output=True, text=True, timeout=60, cwd=home)
-    assert bad.returncode == 2 and "--format must be one of jsonl, csv, not 'xml'" in bad.stderr
+    bad = cli("audit", "export", "--format", "xml")
+    assert bad.exit_code == 2 and "--format must be one of jsonl, csv, not 'xml'" in bad.stderr
 
 
-async def test_key_changes_logins_and_pack_changes_are_audited(home: Path) -> None:
+async def test_key_changes_logins_and_pack_changes_are_audited(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import base64
 
     import httpx
@@ -362,6 +365,7 @@ async def test_key_changes_logins_and_pack_changes_are_audited(home: Path) -> No
     from bot.http.app import create_api
     from tests.test_api import KEY
     from tests.test_api import _home as api_home
+    from tests.test_cli import in_process
 
     config = api_home(home, "audit: {sinks: [{type: file, path: data/audit.jsonl}]}")
     squall = await Squall.start(load_config(config / "config.yml"))
@@ -386,11 +390,11 @@ async def test_key_changes_logins_and_pack_changes_are_audited(home: Path) -> No
         await squall.close()
     pack = home / "src" / "tiny"
     write(pack / "pack.yaml", "ref: tiny\nname: tiny\nversion: 0.2.0\n")
+    cli = in_process(home, monkeypatch)
     for args in (("key", "set", "region", "eu"), ("pack", "install", str(pack)), ("pack", "remove", "tiny"),
                  ("run", "core.noop")):
-        done = subprocess.run([str(SQUALL), "-c", str(home / "config.yml"), *args], capture_output=True, text=True,
-                              timeout=120, cwd=home)
-        assert done.returncode == 0, done.stderr
+        done = await asyncio.to_thread(cli, *args)  # the command runs its own event loop
+        assert done.exit_code == 0, done.stderr
     events = [(e["event"], e["source"], e["target"]) for e in _all_lines(home)]
     assert ("api.key.set", "api", "db_pass") in events and ("api.key.delete", "api", "db_pass") in events
     assert ("api.login.failed", "api:127.0.0.1", None) in events
@@ -419,7 +423,7 @@ def test_masking_keeps_flags_and_masks_values_under_secret_names() -> None:
         "pin_secret": "********", "credential": "********", "list": [{"secret": True, "private_key": "********"}]}
 
 
-async def test_key_set_events_say_whether_the_key_is_secret(home: Path) -> None:
+async def test_key_set_events_say_whether_the_key_is_secret(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`api.key.set` through the API: the file sink and `squall audit export` say `secret: true` for a
     secret key and `false` for a plain one, as the database does; the value is in neither."""
     import httpx
@@ -427,6 +431,7 @@ async def test_key_set_events_say_whether_the_key_is_secret(home: Path) -> None:
     from bot.http.app import create_api
     from tests.test_api import KEY
     from tests.test_api import _home as api_home
+    from tests.test_cli import in_process
 
     config = api_home(home, "audit: {sinks: [{type: file, path: data/audit.jsonl}]}")
     squall = await Squall.start(load_config(config / "config.yml"))
@@ -439,9 +444,8 @@ async def test_key_set_events_say_whether_the_key_is_secret(home: Path) -> None:
     finally:
         await squall.close()
     sink = {e["target"]: e["detail"] for e in _all_lines(home) if e["event"] == "api.key.set"}
-    done = subprocess.run([str(SQUALL), "-c", str(home / "config.yml"), "audit", "export"], capture_output=True,
-                          text=True, timeout=60, cwd=home)
-    assert done.returncode == 0, done.stderr
+    done = await asyncio.to_thread(in_process(home, monkeypatch), "audit", "export")  # its own event loop
+    assert done.exit_code == 0, done.stderr
     exported = {e["target"]: e["detail"] for e in map(json.loads, done.stdout.splitlines())
                 if e["event"] == "api.key.set"}
     for shown in (sink, exported):

@@ -11,8 +11,10 @@ import re
 import signal
 import subprocess
 import time
+import traceback
 import zipfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from unittest import mock
@@ -35,6 +37,12 @@ def squall(home: Path, *args: str, timeout: float = 60, stdin: str | None = None
 def run_json(home: Path, *args: str) -> tuple[int, dict]:
     done = squall(home, "run", *args, "--json")
     return done.returncode, json.loads(done.stdout)
+
+
+def _cli_json(cli: Callable[..., Result], *args: str) -> tuple[int, dict]:
+    """`run_json` through `in_process`'s `cli`."""
+    done = cli("run", *args, "--json")
+    return done.exit_code, json.loads(done.stdout)
 
 
 @pytest.fixture
@@ -78,8 +86,9 @@ def demo_pack(home: Path) -> Path:
     return pack
 
 
-def test_run_exit_codes_and_json_record(home: Path) -> None:
-    code, record = run_json(home, "core.local", "cmd=echo hi")
+def test_run_exit_codes_and_json_record(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cli = in_process(home, monkeypatch)
+    code, record = _cli_json(cli, "core.local", "cmd=echo hi")
     assert code == 0
     for key in ("id", "action", "status", "parameters", "result", "start_timestamp", "end_timestamp", "context"):
         assert key in record
@@ -88,89 +97,93 @@ def test_run_exit_codes_and_json_record(home: Path) -> None:
     assert record["result"]["stdout"] == "hi"
     assert record["parameters"] == {"cmd": "echo hi"}
 
-    code, record = run_json(home, "core.local", "cmd=exit 4")
+    code, record = _cli_json(cli, "core.local", "cmd=exit 4")
     assert code == 1 and record["status"] == "failed" and record["result"]["return_code"] == 4
 
-    code, record = run_json(home, "core.local", "cmd=sleep 5", "timeout=1")
+    code, record = _cli_json(cli, "core.local", "cmd=sleep 5", "timeout=1")
     assert code == 1 and record["status"] == "timeout"
 
 
-def test_bad_input_exits_2_and_records_nothing(home: Path) -> None:
-    unknown = squall(home, "run", "core.locl", "cmd=true")
-    assert unknown.returncode == 2
+def test_bad_input_exits_2_and_records_nothing(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cli = in_process(home, monkeypatch)
+    unknown = cli("run", "core.locl", "cmd=true")
+    assert unknown.exit_code == 2
     assert "core.local" in unknown.stderr
 
-    bad_type = squall(home, "run", "core.pause", "max_pause=soon")
-    assert bad_type.returncode == 2
+    bad_type = cli("run", "core.pause", "max_pause=soon")
+    assert bad_type.exit_code == 2
     assert '"max_pause"' in bad_type.stderr and "integer" in bad_type.stderr
 
-    extra = squall(home, "run", "core.noop", "colour=red")
-    assert extra.returncode == 2 and '"colour"' in extra.stderr
+    extra = cli("run", "core.noop", "colour=red")
+    assert extra.exit_code == 2 and '"colour"' in extra.stderr
 
-    bad_enum = squall(home, "run", "core.http", "url=http://127.0.0.1:9", "method=FETCH")
-    assert bad_enum.returncode == 2 and '"method"' in bad_enum.stderr and "enum" in bad_enum.stderr
+    bad_enum = cli("run", "core.http", "url=http://127.0.0.1:9", "method=FETCH")
+    assert bad_enum.exit_code == 2 and '"method"' in bad_enum.stderr and "enum" in bad_enum.stderr
 
-    immutable = squall(home, "run", "core.echo", "message=x", "cmd=id")
-    assert immutable.returncode == 2 and "immutable" in immutable.stderr
+    immutable = cli("run", "core.echo", "message=x", "cmd=id")
+    assert immutable.exit_code == 2 and "immutable" in immutable.stderr
 
-    no_equals = squall(home, "run", "core.local", "echo")
-    assert no_equals.returncode == 2 and "name=value" in no_equals.stderr
+    no_equals = cli("run", "core.local", "echo")
+    assert no_equals.exit_code == 2 and "name=value" in no_equals.stderr
 
-    listed = squall(home, "execution", "list", "--json")
+    listed = cli("execution", "list", "--json")
     assert json.loads(listed.stdout) == []
 
 
-def test_execution_commands(home: Path) -> None:
-    _, first = run_json(home, "core.echo", "message=one")
-    _, second = run_json(home, "core.local", "cmd=exit 1")
+def test_execution_commands(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cli = in_process(home, monkeypatch)
+    _, first = _cli_json(cli, "core.echo", "message=one")
+    _, second = _cli_json(cli, "core.local", "cmd=exit 1")
 
-    listed = json.loads(squall(home, "execution", "list", "--json").stdout)
+    listed = json.loads(cli("execution", "list", "--json").stdout)
     assert [r["id"] for r in listed] == [second["id"], first["id"]]
-    only_failed = json.loads(squall(home, "execution", "list", "--status", "failed", "--json").stdout)
+    only_failed = json.loads(cli("execution", "list", "--status", "failed", "--json").stdout)
     assert [r["id"] for r in only_failed] == [second["id"]]
-    by_action = json.loads(squall(home, "execution", "list", "--action", "core.echo", "-n", "1", "--json").stdout)
+    by_action = json.loads(cli("execution", "list", "--action", "core.echo", "-n", "1", "--json").stdout)
     assert [r["id"] for r in by_action] == [first["id"]]
 
-    got = json.loads(squall(home, "execution", "get", first["id"], "--json").stdout)
+    got = json.loads(cli("execution", "get", first["id"], "--json").stdout)
     assert got["result"]["stdout"] == "one"
-    by_prefix = json.loads(squall(home, "execution", "get", first["id"][:-4], "--json").stdout)
+    by_prefix = json.loads(cli("execution", "get", first["id"][:-4], "--json").stdout)
     assert by_prefix["id"] == first["id"]
-    missing = squall(home, "execution", "get", "0" * 24)
-    assert missing.returncode == 2 and "not found" in missing.stderr
+    missing = cli("execution", "get", "0" * 24)
+    assert missing.exit_code == 2 and "not found" in missing.stderr
 
-    rerun = squall(home, "execution", "re-run", first["id"], "message=two", "--json")
-    assert rerun.returncode == 0
+    rerun = cli("execution", "re-run", first["id"], "message=two", "--json")
+    assert rerun.exit_code == 0
     again = json.loads(rerun.stdout)
     assert again["id"] != first["id"] and again["result"]["stdout"] == "two"
     assert again["context"]["re-run"] == {"ref": first["id"]}
 
-    done_cancel = squall(home, "execution", "cancel", first["id"])
-    assert done_cancel.returncode == 2 and "already succeeded" in done_cancel.stderr
+    done_cancel = cli("execution", "cancel", first["id"])
+    assert done_cancel.exit_code == 2 and "already succeeded" in done_cancel.stderr
 
 
-def test_async_request_is_run_by_the_server_and_cancel_reaches_it(home: Path, demo_pack: Path) -> None:
-    queued = squall(home, "run", "core.local", "cmd=echo later", "--async", "--json")
-    assert queued.returncode == 0
+def test_async_request_is_run_by_the_server_and_cancel_reaches_it(home: Path, demo_pack: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    cli = in_process(home, monkeypatch)
+    queued = cli("run", "core.local", "cmd=echo later", "--async", "--json")
+    assert queued.exit_code == 0
     queued_id = json.loads(queued.stdout)["id"]
-    assert json.loads(squall(home, "execution", "get", queued_id, "--json").stdout)["status"] == "requested"
+    assert json.loads(cli("execution", "get", queued_id, "--json").stdout)["status"] == "requested"
 
     server = subprocess.Popen([str(SQUALL), "-c", str(home / "config.yml"), "serve"], cwd=home,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        record = _poll(home, queued_id, lambda r: r["status"] == "succeeded")
+        record = _cli_poll(cli, queued_id, lambda r: r["status"] == "succeeded")
         assert record["result"]["stdout"] == "later"
 
         # A pack installed while the server runs is picked up without a restart.
-        assert squall(home, "pack", "install", str(demo_pack)).returncode == 0
-        added = json.loads(squall(home, "run", "demo.add", "a=5", "--async", "--json").stdout)
-        record = _poll(home, added["id"], lambda r: r["status"] in ("succeeded", "failed"))
+        assert cli("pack", "install", str(demo_pack)).exit_code == 0
+        added = json.loads(cli("run", "demo.add", "a=5", "--async", "--json").stdout)
+        record = _cli_poll(cli, added["id"], lambda r: r["status"] in ("succeeded", "failed"))
         assert record["result"].get("result") == {"sum": 7}, record
 
-        slow = json.loads(squall(home, "run", "core.local", "cmd=sleep 60", "--async", "--json").stdout)
-        _poll(home, slow["id"], lambda r: r["status"] == "running")
-        cancel = squall(home, "execution", "cancel", slow["id"])
-        assert cancel.returncode == 0
-        record = _poll(home, slow["id"], lambda r: r["status"] == "canceled")
+        slow = json.loads(cli("run", "core.local", "cmd=sleep 60", "--async", "--json").stdout)
+        _cli_poll(cli, slow["id"], lambda r: r["status"] == "running")
+        cancel = cli("execution", "cancel", slow["id"])
+        assert cancel.exit_code == 0
+        record = _cli_poll(cli, slow["id"], lambda r: r["status"] == "canceled")
         assert record["log"][-1]["status"] == "canceled"
     finally:
         server.send_signal(signal.SIGTERM)
@@ -193,14 +206,15 @@ def _held_pack(home: Path) -> None:
                                           "parameters: {threshold: 1, action: delay}\n")
 
 
-def test_run_of_a_held_action_is_counted_by_the_running_server(home: Path) -> None:
+def test_run_of_a_held_action_is_counted_by_the_running_server(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`squall run` of an action a concurrency policy holds, while `squall serve` runs on the same
     database: the server runs it, counted with its own runs (it waits while one runs there); the
     command waits for its end and shows it as any run. Without a server it runs in the command."""
     _held_pack(home)
     alone = home / "gate-alone"
     alone.touch()
-    code, record = run_json(home, "pol.slow", f"gate={alone}")
+    cli = in_process(home, monkeypatch)
+    code, record = _cli_json(cli, "pol.slow", f"gate={alone}")
     assert code == 0 and record["result"]["stdout"] == "through"
 
     with open(home / "serve.log", "w") as log:
@@ -212,17 +226,17 @@ def test_run_of_a_held_action_is_counted_by_the_running_server(home: Path) -> No
         while "Squall is serving" not in (home / "serve.log").read_text():
             assert server.poll() is None and time.monotonic() < deadline, (home / "serve.log").read_text()
             time.sleep(0.1)
-        first = json.loads(squall(home, "run", "pol.slow", f"gate={home / 'gate-1'}", "--async", "--json").stdout)
-        _poll(home, first["id"], lambda r: r["status"] == "running")
+        first = json.loads(cli("run", "pol.slow", f"gate={home / 'gate-1'}", "--async", "--json").stdout)
+        _cli_poll(cli, first["id"], lambda r: r["status"] == "running")
         waiter = subprocess.Popen([str(SQUALL), "-c", str(home / "config.yml"), "run", "pol.slow",
                                    f"gate={home / 'gate-2'}", "--json"], cwd=home, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 20
-        while len(rows := json.loads(squall(home, "execution", "list", "--action", "pol.slow", "--json").stdout)) < 3:
+        while len(rows := json.loads(cli("execution", "list", "--action", "pol.slow", "--json").stdout)) < 3:
             assert waiter.poll() is None and time.monotonic() < deadline, waiter.communicate()
             time.sleep(0.2)
         second = next(r for r in rows if r["id"] not in (first["id"], record["id"]))
-        _poll(home, second["id"], lambda r: r["status"] == "delayed")  # the server's one runs
+        _cli_poll(cli, second["id"], lambda r: r["status"] == "delayed")  # the server's one runs
         (home / "gate-1").touch()
         (home / "gate-2").touch()
         output, errors = waiter.communicate(timeout=60)
@@ -240,6 +254,18 @@ def test_run_of_a_held_action_is_counted_by_the_running_server(home: Path) -> No
         server.wait(timeout=30)
 
 
+def _cli_poll(cli: Callable[..., Result], execution_id: str, done, seconds: float = 20) -> dict:
+    """`_poll` through `in_process`'s `cli`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        record = json.loads(cli("execution", "get", execution_id, "--json").stdout)
+        if done(record):
+            return record
+        if time.monotonic() > deadline:
+            raise AssertionError(f"execution never reached the expected state: {record}")
+        time.sleep(0.2)
+
+
 def _poll(home: Path, execution_id: str, done, seconds: float = 20) -> dict:
     deadline = time.monotonic() + seconds
     while True:
@@ -251,20 +277,7 @@ def _poll(home: Path, execution_id: str, done, seconds: float = 20) -> dict:
         time.sleep(0.2)
 
 
-def _audited(home: Path) -> list[dict]:
-    """The audit log as `squall audit export` gives it, oldest first."""
-    done = squall(home, "audit", "export")
-    assert done.returncode == 0, done.stderr
-    return [json.loads(line) for line in done.stdout.splitlines()]
-
-
-def _ok(home: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    done = squall(home, *args, stdin=stdin, timeout=120)
-    assert done.returncode == 0, f"{args}: {done.stderr}"
-    return done
-
-
-def test_state_changes_from_the_cli_are_audited(home: Path) -> None:
+def test_state_changes_from_the_cli_are_audited(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Users (an admin too), API keys, cancels, re-runs, pauses, resumes, trigger emits and re-emits and
     pack reloads from the CLI wrote no audit row, where the web's and the API's are audited. Each is now
     `cli.<thing>.<verb>`, by the OS user from `cli`, naming what changed and never a password or a key."""
@@ -274,30 +287,31 @@ def test_state_changes_from_the_cli_are_audited(home: Path) -> None:
     from tests.workflow_helpers import workflow_pack
 
     workflow_pack(home, {"flow": ("orquesta", "", "version: 1.0\ntasks:\n  a:\n    action: core.noop\n")})
-    _ok(home, "user", "create", "zed", "--role", "admin", "--password-stdin", stdin="First1Passw0rd-long\n")
-    _ok(home, "user", "passwd", "zed", "--password-stdin", stdin="Second2Passw0rd-long\n")
-    _ok(home, "user", "delete", "zed")
-    key = json.loads(_ok(home, "apikey", "create", "--name", "ci-bot", "--json").stdout)
-    _ok(home, "apikey", "delete", key["id"])
-    queued = json.loads(_ok(home, "run", "core.noop", "--async", "--json").stdout)["id"]
-    _ok(home, "execution", "cancel", queued)
-    ran = json.loads(_ok(home, "run", "core.noop", "--json").stdout)["id"]
-    again = json.loads(_ok(home, "execution", "re-run", ran, "--json").stdout)["id"]
-    flow = json.loads(_ok(home, "run", "wf.flow", "--async", "--json").stdout)["id"]
+    cli = in_process(home, monkeypatch)
+    succeeds(cli, "user", "create", "zed", "--role", "admin", "--password-stdin", stdin="First1Passw0rd-long\n")
+    succeeds(cli, "user", "passwd", "zed", "--password-stdin", stdin="Second2Passw0rd-long\n")
+    succeeds(cli, "user", "delete", "zed")
+    key = json.loads(succeeds(cli, "apikey", "create", "--name", "ci-bot", "--json").stdout)
+    succeeds(cli, "apikey", "delete", key["id"])
+    queued = json.loads(succeeds(cli, "run", "core.noop", "--async", "--json").stdout)["id"]
+    succeeds(cli, "execution", "cancel", queued)
+    ran = json.loads(succeeds(cli, "run", "core.noop", "--json").stdout)["id"]
+    again = json.loads(succeeds(cli, "execution", "re-run", ran, "--json").stdout)["id"]
+    flow = json.loads(succeeds(cli, "run", "wf.flow", "--async", "--json").stdout)["id"]
     store = Store.open(f"sqlite:///{home / 'data' / 'squall.db'}")
     try:  # as if `squall serve` ran it, then paused it
         assert store.update_execution(flow, {"status": "running"}, expect=("requested",))
-        _ok(home, "execution", "pause", flow)
+        succeeds(cli, "execution", "pause", flow)
         assert store.update_execution(flow, {"status": "paused"}, expect=("pausing",))
-        _ok(home, "execution", "resume", flow)
+        succeeds(cli, "execution", "resume", flow)
     finally:
         store.close()
-    instance = json.loads(_ok(home, "trigger", "emit", "core.st2.sensor.process_spawn", "--payload",
-                              '{"object": {"pid": 1}}').stdout)["id"]
-    emitted = json.loads(_ok(home, "trigger-instance", "re-emit", instance, "--json").stdout)["id"]
-    packs = len(json.loads(_ok(home, "pack", "reload", "--json").stdout)["packs"])
+    instance = json.loads(succeeds(cli, "trigger", "emit", "core.st2.sensor.process_spawn", "--payload",
+                                   '{"object": {"pid": 1}}').stdout)["id"]
+    emitted = json.loads(succeeds(cli, "trigger-instance", "re-emit", instance, "--json").stdout)["id"]
+    packs = len(json.loads(succeeds(cli, "pack", "reload", "--json").stdout)["packs"])
 
-    events = _audited(home)
+    events = audit_log(cli)
     assert {(e["actor"], e["source"]) for e in events} == {(getpass.getuser(), "cli")}
     changes = [(e["event"], e["target"], e["detail"]) for e in events if e["event"] != "cli.execution"]
     assert changes == [
@@ -314,62 +328,67 @@ def test_state_changes_from_the_cli_are_audited(home: Path) -> None:
         ("cli.trigger.re_emit", "core.st2.sensor.process_spawn", {"instance": instance, "new_instance": emitted}),
         ("cli.pack.reload", None, {"packs": packs, "problems": 0}),
     ]
-    exported = squall(home, "audit", "export").stdout
+    exported = cli("audit", "export").stdout
     assert "Passw0rd" not in exported and key["key"] not in exported
 
 
-def test_actions_list_and_get(home: Path) -> None:
-    actions = json.loads(squall(home, "action", "list", "--json").stdout)
+def test_actions_list_and_get(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cli = in_process(home, monkeypatch)
+    actions = json.loads(cli("action", "list", "--json").stdout)
     refs = {a["ref"] for a in actions}
     assert {"core.local", "core.local_sudo", "core.echo", "core.http", "core.noop", "core.pause"} <= refs
-    core_only = json.loads(squall(home, "action", "list", "--pack", "core", "--json").stdout)
+    core_only = json.loads(cli("action", "list", "--pack", "core", "--json").stdout)
     assert {a["pack"] for a in core_only} == {"core"}
-    echo = json.loads(squall(home, "action", "get", "core.echo", "--json").stdout)
+    echo = json.loads(cli("action", "get", "core.echo", "--json").stdout)
     assert echo["runner_type"] == "local-shell-cmd"
     assert echo["parameters"]["cmd"]["immutable"] is True
     assert echo["parameters"]["timeout"]["default"] == 60  # inherited from the runner
-    missing = squall(home, "action", "get", "core.ech")
-    assert missing.returncode == 2 and "core.echo" in missing.stderr
+    missing = cli("action", "get", "core.ech")
+    assert missing.exit_code == 2 and "core.echo" in missing.stderr
 
 
-def test_pack_install_from_folder_runs_stackstorm_content(home: Path, demo_pack: Path) -> None:
-    installed = squall(home, "pack", "install", str(demo_pack), "--json")
-    assert installed.returncode == 0, installed.stderr
+def test_pack_install_from_folder_runs_stackstorm_content(home: Path, demo_pack: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    cli = in_process(home, monkeypatch)
+    installed = cli("pack", "install", str(demo_pack), "--json")
+    assert installed.exit_code == 0, installed.stderr
     summary = json.loads(installed.stdout)
     assert summary["ref"] == "demo" and summary["content"]["actions"] == 2
     assert (home / "packs" / "demo" / "pack.yaml").is_file()
 
-    code, record = run_json(home, "demo.greet", "who=ops team", "times=2")
+    code, record = _cli_json(cli, "demo.greet", "who=ops team", "times=2")
     assert code == 0, record
     assert record["result"]["stdout"] == "hello ops team\nhello ops team"
-    code, record = run_json(home, "demo.add", "a=40")
+    code, record = _cli_json(cli, "demo.add", "a=40")
     assert code == 0 and record["result"]["result"] == {"sum": 42}
-    code, record = run_json(home, "demo.add", "a=-5")
+    code, record = _cli_json(cli, "demo.add", "a=-5")
     assert code == 1 and record["status"] == "failed"
 
-    listing = json.loads(squall(home, "pack", "list", "--json").stdout)
+    listing = json.loads(cli("pack", "list", "--json").stdout)
     assert {p["ref"] for p in listing["packs"]} == {"core", "chatops", "squall", "linux", "packs", "demo"}
     assert listing["problems"] == []
 
-    removed = squall(home, "pack", "remove", "demo")
-    assert removed.returncode == 0
+    removed = cli("pack", "remove", "demo")
+    assert removed.exit_code == 0
     assert not (home / "packs" / "demo").exists()
-    assert squall(home, "run", "demo.add", "a=1").returncode == 2
-    assert squall(home, "pack", "remove", "core").returncode == 2
+    assert cli("run", "demo.add", "a=1").exit_code == 2
+    assert cli("pack", "remove", "core").exit_code == 2
 
 
-def test_pack_remove_removes_a_pack_whose_pack_yaml_no_longer_loads(home: Path, demo_pack: Path) -> None:
+def test_pack_remove_removes_a_pack_whose_pack_yaml_no_longer_loads(home: Path, demo_pack: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """A hand edit broke the installed pack's pack.yaml: it no longer loads, and `pack remove` said it was
     not installed. It removes the folder of that name in the install path, as st2's packs.delete does."""
-    assert squall(home, "pack", "install", str(demo_pack)).returncode == 0
+    cli = in_process(home, monkeypatch)
+    assert cli("pack", "install", str(demo_pack)).exit_code == 0
     (home / "packs" / "demo" / "pack.yaml").write_text('name: demo\ndescription: "broken\n')
-    removed = squall(home, "pack", "remove", "demo")
-    assert removed.returncode == 0, removed.stderr
+    removed = cli("pack", "remove", "demo")
+    assert removed.exit_code == 0, removed.stderr
     assert not (home / "packs" / "demo").exists()
 
 
 @pytest.mark.integration
-def test_pack_install_from_git_url_at_a_tag(home: Path, demo_pack: Path) -> None:
+def test_pack_install_from_git_url_at_a_tag(home: Path, demo_pack: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     git = ["git", "-C", str(demo_pack), "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run(["git", "init", "-q", str(demo_pack)], check=True)
     subprocess.run([*git, "add", "-A"], check=True)
@@ -378,14 +397,15 @@ def test_pack_install_from_git_url_at_a_tag(home: Path, demo_pack: Path) -> None
     (demo_pack / "actions" / "add.yaml").unlink()
     subprocess.run([*git, "commit", "-qam", "drop add"], check=True)
 
-    installed = squall(home, "pack", "install", f"file://{demo_pack}=v1", "--json")
-    assert installed.returncode == 0, installed.stderr
+    cli = in_process(home, monkeypatch)
+    installed = cli("pack", "install", f"file://{demo_pack}=v1", "--json")
+    assert installed.exit_code == 0, installed.stderr
     assert json.loads(installed.stdout)["content"]["actions"] == 2  # the tag still has add
     assert not (home / "packs" / "demo" / ".git").exists()
     assert "cloning" in installed.stderr  # progress is shown
 
-    broken = squall(home, "pack", "install", "file:///nonexistent/repo.git")
-    assert broken.returncode == 2 and "git clone" in broken.stderr
+    broken = cli("pack", "install", "file:///nonexistent/repo.git")
+    assert broken.exit_code == 2 and "git clone" in broken.stderr
 
 
 def _wheel(folder: Path) -> Path:
@@ -411,7 +431,8 @@ def _wheel(folder: Path) -> Path:
 
 
 @pytest.mark.integration
-def test_pack_with_requirements_gets_its_own_virtualenv(home: Path, demo_pack: Path) -> None:
+def test_pack_with_requirements_gets_its_own_virtualenv(home: Path, demo_pack: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     wheel = _wheel(demo_pack / "wheels")
     write(demo_pack / "requirements.txt", f"./wheels/{wheel.name}\n")
     write(demo_pack / "actions" / "dep.yaml", """
@@ -428,30 +449,33 @@ def test_pack_with_requirements_gets_its_own_virtualenv(home: Path, demo_pack: P
             def run(self):
                 return {"value": squall_testdep.VALUE, "prefix": sys.prefix}
     """)
-    installed = squall(home, "pack", "install", str(demo_pack), timeout=300)
-    assert installed.returncode == 0, installed.stderr
+    cli = in_process(home, monkeypatch)
+    installed = cli("pack", "install", str(demo_pack))
+    assert installed.exit_code == 0, installed.stderr
     assert "virtualenv" in installed.stderr
     venv = home / "data" / "virtualenvs" / "demo"
     assert (venv / "bin" / "python").exists()
-    code, record = run_json(home, "demo.dep")
+    code, record = _cli_json(cli, "demo.dep")
     assert code == 0, record
     assert record["result"]["result"]["value"] == 42
     assert os.path.realpath(record["result"]["result"]["prefix"]) == os.path.realpath(venv)
 
-    squall(home, "pack", "remove", "demo")
+    cli("pack", "remove", "demo")
     assert not venv.exists()
 
 
-def test_reload_reports_bad_files_with_line_and_keeps_the_rest(home: Path, demo_pack: Path) -> None:
-    assert squall(home, "pack", "install", str(demo_pack)).returncode == 0
+def test_reload_reports_bad_files_with_line_and_keeps_the_rest(home: Path, demo_pack: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    cli = in_process(home, monkeypatch)
+    assert cli("pack", "install", str(demo_pack)).exit_code == 0
     write(home / "packs" / "demo" / "actions" / "broken.yaml", """
         name: broken
         runner_type: local-shell-cmd
         parameters:
           x: {type: string
     """)
-    reloaded = squall(home, "pack", "reload", "--json")
-    assert reloaded.returncode == 1
+    reloaded = cli("pack", "reload", "--json")
+    assert reloaded.exit_code == 1
     report = json.loads(reloaded.stdout)
     assert report["actions"] >= 8  # core's six and demo's two still load
     [error] = report["errors"]
@@ -459,30 +483,32 @@ def test_reload_reports_bad_files_with_line_and_keeps_the_rest(home: Path, demo_
     line = int(error.split("broken.yaml:")[1].split(":")[0])
     assert line in (4, 5)
 
-    code, record = run_json(home, "demo.add", "a=1")
+    code, record = _cli_json(cli, "demo.add", "a=1")
     assert code == 0 and record["result"]["result"] == {"sum": 3}
 
 
-def test_pack_messages_show_square_brackets_as_written(home: Path) -> None:
+def test_pack_messages_show_square_brackets_as_written(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Rich reads `[...]` as markup: unescaped, the ref rule lost its `[a-z0-9_]` and `[/...]` crashed."""
     write(home / "src" / "bad" / "pack.yaml", "name: My-Pack\nversion: 1.0.0\n")
-    bad_name = squall(home, "pack", "install", str(home / "src" / "bad"))
-    assert bad_name.returncode == 2 and "must match ^[a-z0-9_]+$" in bad_name.stderr, bad_name.stderr
+    cli = in_process(home, monkeypatch)
+    bad_name = cli("pack", "install", str(home / "src" / "bad"))
+    assert bad_name.exit_code == 2 and "must match ^[a-z0-9_]+$" in bad_name.stderr, bad_name.stderr
     for args, shown in ((("install", "/srv/packs[/old]"), "/srv/packs[/old]"),
                         (("remove", "x[/y]"), "'x[/y]'"),
                         (("install", "file:///tmp/x[/y].git"), "cloning file:///tmp/x[/y].git")):
-        done = squall(home, "pack", *args)
-        assert done.returncode == 2, done.stderr
+        done = cli("pack", *args)
+        assert done.exit_code == 2, done.stderr
         assert shown in done.stderr and "Traceback" not in done.stderr, done.stderr
 
     write(home / "src" / "odd" / "pack.yaml", "ref: odd\nname: odd\nversion: 1.0.0\ndescription: 'see [/docs] [red]'\n")
     write(home / "src" / "odd" / "actions" / "run.yaml", "name: run\nrunner_type: noop\n")
-    assert squall(home, "pack", "install", str(home / "src" / "odd")).returncode == 0
-    listed = squall(home, "pack", "list")
-    assert listed.returncode == 0 and "see [/docs] [red]" in listed.stdout, listed.stderr
+    assert cli("pack", "install", str(home / "src" / "odd")).exit_code == 0
+    listed = cli("pack", "list")
+    assert listed.exit_code == 0 and "see [/docs] [red]" in listed.stdout, listed.stderr
 
 
-def test_pack_install_reports_aliases_and_rules_that_do_not_load(home: Path, demo_pack: Path) -> None:
+def test_pack_install_reports_aliases_and_rules_that_do_not_load(home: Path, demo_pack: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """`pack list` and `squall serve` name an alias or rule whose action does not exist; the install must too."""
     write(demo_pack / "aliases" / "good.yaml", "name: good\naction_ref: demo.add\nformats: ['add {{a}}']\n")
     write(demo_pack / "aliases" / "bad.yaml", "name: bad\naction_ref: demo.missing_action\nformats: ['do it']\n")
@@ -492,14 +518,15 @@ def test_pack_install_reports_aliases_and_rules_that_do_not_load(home: Path, dem
         trigger: {type: core.st2.webhook, parameters: {url: x}}
         action: {ref: demo.nosuch}
     """)
-    installed = squall(home, "pack", "install", str(demo_pack))
-    assert installed.returncode == 1, installed.stderr
+    cli = in_process(home, monkeypatch)
+    installed = cli("pack", "install", str(demo_pack))
+    assert installed.exit_code == 1, installed.stderr
     assert "(2 actions, 1 aliases, 0 rules)" in installed.stdout
     assert 'bad.yaml:2: action_ref: action "demo.missing_action" not found' in installed.stderr
     assert 'r.yaml:4: action "demo.nosuch" not found' in installed.stderr
 
-    again = squall(home, "pack", "install", str(demo_pack), "--json")
-    assert again.returncode == 1
+    again = cli("pack", "install", str(demo_pack), "--json")
+    assert again.exit_code == 1
     report = json.loads(again.stdout)
     assert (report["content"]["aliases"], report["content"]["rules"]) == (1, 0)
     assert sorted(error.split(": ", 1)[0].rsplit("/", 1)[1] for error in report["errors"]) == ["bad.yaml:2", "r.yaml:4"]
@@ -550,11 +577,12 @@ def test_serve_names_bad_adapter_settings_without_a_traceback(home: Path) -> Non
     assert "Traceback" not in done.stderr
 
 
-def test_run_passes_values_as_given_unless_asked_to_render(home: Path) -> None:
-    assert squall(home, "key", "set", "greeting", "hello").returncode == 0
-    code, plain = run_json(home, "core.local", "cmd=echo '{{ st2kv.system.greeting }}'")
+def test_run_passes_values_as_given_unless_asked_to_render(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cli = in_process(home, monkeypatch)
+    assert cli("key", "set", "greeting", "hello").exit_code == 0
+    code, plain = _cli_json(cli, "core.local", "cmd=echo '{{ st2kv.system.greeting }}'")
     assert code == 0 and plain["result"]["stdout"] == "{{ st2kv.system.greeting }}"
-    code, rendered = run_json(home, "core.local", "cmd=echo {{ st2kv.system.greeting }}", "--render")
+    code, rendered = _cli_json(cli, "core.local", "cmd=echo {{ st2kv.system.greeting }}", "--render")
     assert code == 0 and rendered["result"]["stdout"] == "hello"
 
 
@@ -614,15 +642,17 @@ _BRACKETED = {
 
 @pytest.mark.parametrize(("setup", "args", "code", "stream", "shown"), list(_BRACKETED.values()), ids=list(_BRACKETED))
 def test_user_and_pack_text_is_shown_as_written(home: Path, bracket_pack: Path, setup: list[tuple[str, ...]],
-                                                 args: tuple[str, ...], code: int, stream: str, shown: str) -> None:
+                                                 args: tuple[str, ...], code: int, stream: str, shown: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Rich reads `[...]` as markup (and `:name:` as an emoji): names, values, descriptions and errors quoted
     unescaped crashed on a `[/x]` with a MarkupError traceback, and lost a `[a-z0-9_]` without a word."""
+    cli = in_process(home, monkeypatch)
     for before in setup:
-        assert squall(home, *before).returncode == 0
-    done = squall(home, *args)
+        assert cli(*before).exit_code == 0
+    done = cli(*args)
     output = done.stdout + done.stderr
     assert "Traceback" not in output and "MarkupError" not in output, output
-    assert done.returncode == code, output
+    assert done.exit_code == code, output
     assert shown in getattr(done, stream), output
 
 
@@ -697,50 +727,55 @@ def test_a_stop_signal_the_command_was_started_ignoring_stays_ignored(home: Path
 
 # -- setup mistakes: one line, exit 3 ---------------------------------------------------------------
 
-def _setup_failure(done: subprocess.CompletedProcess[str]) -> str:
+def _setup_failure(done: Result) -> str:
     """The one line a setup mistake prints (exit 3, no traceback)."""
-    assert done.returncode == 3, done.stderr
+    assert done.exit_code == 3, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     return lines[0]
 
 
-def test_a_database_path_that_cannot_be_opened_is_one_line(home: Path) -> None:
+def test_a_database_path_that_cannot_be_opened_is_one_line(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (home / "data" / "squall.db").mkdir(parents=True)  # what SQLite cannot open, even for root
+    cli = in_process(home, monkeypatch)
     for args in (("execution", "list"), ("run", "core.noop"), ("key", "list")):
-        line = _setup_failure(squall(home, *args))
+        line = _setup_failure(cli(*args))
         assert str(home / "data" / "squall.db") in line and "unable to open database file" in line, line
         assert "writable" in line, line
 
 
-def test_a_data_dir_that_is_a_file_is_one_line(home: Path) -> None:
+def test_a_data_dir_that_is_a_file_is_one_line(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = home / "config.yml"
     config.write_text(config.read_text().replace("sqlite:///data/squall.db", "sqlite:///blocker/squall.db"))
     (home / "blocker").write_text("x")
+    cli = in_process(home, monkeypatch)
     for args in (("key", "list"), ("run", "core.noop")):
-        line = _setup_failure(squall(home, *args))
+        line = _setup_failure(cli(*args))
         assert str(home / "blocker") in line and "File exists" in line, line
 
 
-def test_an_unreachable_postgresql_is_one_line_without_its_password(home: Path) -> None:
+def test_an_unreachable_postgresql_is_one_line_without_its_password(home: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     port = free_port()
     config = home / "config.yml"
     config.write_text(config.read_text().replace("sqlite:///data/squall.db",
                                                  f"postgresql://squall:hunter2secret@127.0.0.1:{port}/squall"))
+    cli = in_process(home, monkeypatch)
     for args in (("execution", "list"), ("run", "core.noop")):
-        done = squall(home, *args)
+        done = cli(*args)
         line = _setup_failure(done)
         assert "hunter2secret" not in done.stderr + done.stdout
         assert f"postgresql://squall:***@127.0.0.1:{port}/squall" in line, line
         assert "Connection refused" in line and "server" in line, line
 
 
-def test_an_unsupported_database_url_is_bad_input(home: Path) -> None:
+def test_an_unsupported_database_url_is_bad_input(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = home / "config.yml"
     config.write_text(config.read_text().replace("sqlite:///data/squall.db", "mysql://u:pw1234@127.0.0.1/db"))
-    done = squall(home, "execution", "list")
-    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    cli = in_process(home, monkeypatch)
+    done = cli("execution", "list")
+    assert done.exit_code == 2 and "Traceback" not in done.stderr, done.stderr
     assert "'mysql'" in done.stderr and "postgresql://" in done.stderr and "sqlite:///" in done.stderr
     assert "pw1234" not in done.stderr
 
@@ -762,7 +797,7 @@ def test_serve_on_a_port_in_use_says_so_in_one_line(home: Path) -> None:
 
 # -- trigger emit through a running serve waits for the executions -----------------------------------
 
-def test_trigger_emit_through_serve_waits_for_the_executions(home: Path) -> None:
+def test_trigger_emit_through_serve_waits_for_the_executions(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`squall trigger emit` waits for "the rules and the executions they start": through a running
     `squall serve` it returned once the instance was processed, the rule's execution still running."""
     write(home / "packs" / "hooks" / "pack.yaml", "ref: hooks\nname: hooks\nversion: 0.1.0\n")
@@ -773,12 +808,13 @@ def test_trigger_emit_through_serve_waits_for_the_executions(home: Path) -> None
         trigger: {type: core.st2.webhook, parameters: {url: slow}}
         action: {ref: core.local, parameters: {cmd: "sleep 2; echo finished"}}
     """)
+    cli = in_process(home, monkeypatch)
     with serving(home) as server:
-        done = squall(home, "trigger", "emit", "core.st2.webhook", "--url", "slow", "--payload", "{}")
-        assert done.returncode == 0, done.stderr
+        done = cli("trigger", "emit", "core.st2.webhook", "--url", "slow", "--payload", "{}")
+        assert done.exit_code == 0, done.stderr
         assert json.loads(done.stdout)["status"] == "processed"
         execution_id = re.search(r"rule hooks\.slow: succeeded \(execution (\w+)\)", done.stderr).group(1)
-        record = json.loads(squall(home, "execution", "get", execution_id, "--json").stdout)
+        record = json.loads(cli("execution", "get", execution_id, "--json").stdout)
         assert record["status"] == "succeeded" and record["result"]["stdout"] == "finished", record
         assert record["runner_info"]["pid"] == server.pid  # run by the serve, not by the command
 
@@ -800,13 +836,15 @@ def _first_cells(listing: str) -> str:
 
 
 @pytest.mark.parametrize("columns", [40, 60, 80])
-def test_execution_list_shows_each_action_and_status_whole(home: Path, columns: int) -> None:
+def test_execution_list_shows_each_action_and_status_whole(home: Path, columns: int,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """At 40 columns only the ids showed (action, status and start empty), at 60 `succ…`, and at 80 (what
     a pipe gets) every start was `2026-12-05T10…`. Each execution's action and status are now whole on
     one line, its id whole (or folded), its start as date and time in UTC; `--json` keeps ISO 8601."""
     from datetime import datetime
 
-    records = [run_json(home, *args)[1] for args in (("core.echo", "message=one"), ("core.local", "cmd=exit 1"),
+    cli = in_process(home, monkeypatch)
+    records = [_cli_json(cli, *args)[1] for args in (("core.echo", "message=one"), ("core.local", "cmd=exit 1"),
                                                      ("core.noop",))]
     listing = _listed_at(home, columns, "execution", "list")
     for record in records:
@@ -815,12 +853,12 @@ def test_execution_list_shows_each_action_and_status_whole(home: Path, columns: 
         started = datetime.fromisoformat(record["start_timestamp"])
         assert started.strftime("%Y-%m-%d") in listing and started.strftime("%H:%M:%S") in listing, listing
         assert record["id"] in listing + _first_cells(listing), listing
-    listed = json.loads(squall(home, "execution", "list", "--json").stdout)
+    listed = json.loads(cli("execution", "list", "--json").stdout)
     assert [r["start_timestamp"] for r in listed] == [r["start_timestamp"] for r in reversed(records)]
     assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", r["start_timestamp"]) for r in listed)
 
 
-def test_user_apikey_and_inquiry_lists_keep_times_and_ids_whole(home: Path) -> None:
+def test_user_apikey_and_inquiry_lists_keep_times_and_ids_whole(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`user list` and `apikey list` cut their ISO times in 80 columns (`2026-12-05T10:33:15.30…`), and
     40 columns cut the ids `apikey delete` and `inquiry respond` take (`0661…`)."""
     from datetime import datetime
@@ -828,10 +866,11 @@ def test_user_apikey_and_inquiry_lists_keep_times_and_ids_whole(home: Path) -> N
     def shown(value: str) -> str:
         return datetime.fromisoformat(value).strftime("%Y-%m-%d %H:%M:%S")
 
-    key = json.loads(squall(home, "apikey", "create", "--name", "ci", "--json").stdout)
-    assert squall(home, "user", "create", "alice", "--password-stdin", stdin="password123\n").returncode == 0
-    user = json.loads(squall(home, "user", "list", "--json").stdout)[0]
-    inquiry = run_json(home, "core.ask", "route=ops")[1]
+    cli = in_process(home, monkeypatch)
+    key = json.loads(cli("apikey", "create", "--name", "ci", "--json").stdout)
+    assert cli("user", "create", "alice", "--password-stdin", stdin="password123\n").exit_code == 0
+    user = json.loads(cli("user", "list", "--json").stdout)[0]
+    inquiry = _cli_json(cli, "core.ask", "route=ops")[1]
     assert inquiry["status"] == "pending", inquiry
 
     assert shown(user["created_at"]) in _listed_at(home, 80, "user", "list")
@@ -840,12 +879,14 @@ def test_user_apikey_and_inquiry_lists_keep_times_and_ids_whole(home: Path) -> N
     assert inquiry["id"] in _first_cells(_listed_at(home, 40, "inquiry", "list"))
 
 
-def test_key_list_keeps_scopes_and_expiry_whole_in_narrow_terminals(home: Path) -> None:
+def test_key_list_keeps_scopes_and_expiry_whole_in_narrow_terminals(home: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """`key list` cut the scope to `st2k…` in 40 and 60 columns, and its ISO expiry in 80."""
     from datetime import datetime
 
-    assert squall(home, "key", "set", "deploy_target", "web1", "--ttl", "3600").returncode == 0
-    item = json.loads(squall(home, "key", "get", "deploy_target", "--json").stdout)
+    cli = in_process(home, monkeypatch)
+    assert cli("key", "set", "deploy_target", "web1", "--ttl", "3600").exit_code == 0
+    item = json.loads(cli("key", "get", "deploy_target", "--json").stdout)
     expires = datetime.fromisoformat(item["expire_timestamp"]).strftime("%Y-%m-%d %H:%M:%S")
     assert expires in _listed_at(home, 80, "key", "list")
     for columns in (40, 60):
@@ -856,20 +897,21 @@ def test_key_list_keeps_scopes_and_expiry_whole_in_narrow_terminals(home: Path) 
 
 # --- `squall apikey create NAME`, as `squall user create NAME` ---------------------------------------
 
-def test_apikey_create_takes_its_name_as_an_argument_or_option(home: Path) -> None:
+def test_apikey_create_takes_its_name_as_an_argument_or_option(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`apikey create ci-bot` failed 'unexpected extra argument' while `user create alice` takes the name
     so; `-n/--name` stays (scripts use it), and the two naming different keys is refused, not guessed."""
-    by_argument = json.loads(_ok(home, "apikey", "create", "ci-bot", "--json").stdout)
+    cli = in_process(home, monkeypatch)
+    by_argument = json.loads(succeeds(cli, "apikey", "create", "ci-bot", "--json").stdout)
     assert by_argument["name"] == "ci-bot" and by_argument["key"]
-    assert json.loads(_ok(home, "apikey", "create", "--name", "deploy", "--json").stdout)["name"] == "deploy"
-    assert json.loads(_ok(home, "apikey", "create", "-n", "cron", "--json").stdout)["name"] == "cron"
-    assert json.loads(_ok(home, "apikey", "create", "same", "-n", "same", "--json").stdout)["name"] == "same"
-    assert json.loads(_ok(home, "apikey", "create", "--json").stdout)["name"] is None  # a name stays optional
-    assert "(shown)" in _ok(home, "apikey", "create", "shown").stdout
-    both = squall(home, "apikey", "create", "one", "--name", "two")
-    assert both.returncode == 2
+    assert json.loads(succeeds(cli, "apikey", "create", "--name", "deploy", "--json").stdout)["name"] == "deploy"
+    assert json.loads(succeeds(cli, "apikey", "create", "-n", "cron", "--json").stdout)["name"] == "cron"
+    assert json.loads(succeeds(cli, "apikey", "create", "same", "-n", "same", "--json").stdout)["name"] == "same"
+    assert json.loads(succeeds(cli, "apikey", "create", "--json").stdout)["name"] is None  # a name stays optional
+    assert "(shown)" in succeeds(cli, "apikey", "create", "shown").stdout
+    both = cli("apikey", "create", "one", "--name", "two")
+    assert both.exit_code == 2
     assert "error: two names given: 'one' and --name 'two'" in both.stderr, both.stderr
-    listed = json.loads(_ok(home, "apikey", "list", "--json").stdout)
+    listed = json.loads(succeeds(cli, "apikey", "list", "--json").stdout)
     assert sorted(key["name"] or "" for key in listed) == ["", "ci-bot", "cron", "deploy", "same", "shown"]
 
 
@@ -896,9 +938,33 @@ def in_process(home: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Res
     runner = CliRunner()
 
     def run(*args: str, stdin: str | None = None) -> Result:
-        return runner.invoke(app, ["-c", str(home / "config.yml"), *args], input=stdin)
+        done = runner.invoke(app, ["-c", str(home / "config.yml"), *args], input=stdin)
+        if done.exception is not None and not isinstance(done.exception, SystemExit):
+            # On stderr as the console script prints it, which the runner keeps apart: a "no Traceback" check checks.
+            shown = "".join(traceback.format_exception(done.exception)).encode()
+            done.stderr_bytes = (done.stderr_bytes or b"") + shown
+        return done
 
     return run
+
+
+@dataclass
+class Done:
+    """What `squall ARGS` gave, in the shape of subprocess.run's answer (`like_a_process`)."""
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def like_a_process(home: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Done]:
+    """`in_process`, answering as `squall` (the console script's subprocess.run) does: for tests written so."""
+    run = in_process(home, monkeypatch)
+
+    def squall(*args: str) -> Done:
+        done = run(*args)
+        return Done(done.exit_code, done.stdout, done.stderr)
+
+    return squall
 
 
 @contextlib.contextmanager

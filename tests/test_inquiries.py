@@ -18,12 +18,10 @@ from bot.http import create_api
 from engine.config import load_config
 from engine.inquiries import InquiryError
 from engine.parameters import MASK
-from tests.conftest import write
+from tests.conftest import SQUALL, write
 from tests.test_api import KEY, disk_full, failing_audit
 from tests.test_workflow_secrets import RECORD
 from tests.workflow_helpers import children, pending_ask, task_names, workflow_pack
-
-SQUALL_CLI = Path(__import__("sys").executable).parent / "squall"
 
 APPROVAL = """
 version: 1.0
@@ -277,22 +275,21 @@ async def test_expired_inquiry_times_out_and_fails_the_task(chat) -> None:
     assert (await squall.executions.get(inquiry["id"]))["status"] == "timeout"
 
 
-def test_cli_lists_and_responds(home: Path) -> None:
+def test_cli_lists_and_responds(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_cli import in_process
+
     write(home / "config.yml", "database:\n  url: sqlite:///data/squall.db\npacks:\n  paths: [packs]\n")
     workflow_pack(home, {"choice": ("action-chain", "", CHOICE)})
-
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(SQUALL_CLI), "-c", str(home / "config.yml"), *args], capture_output=True,
-                              text=True, timeout=60, cwd=home)
+    cli = in_process(home, monkeypatch)
 
     started = cli("run", "wf.choice", "--json")
     assert json.loads(started.stdout)["status"] == "paused", started.stdout + started.stderr
     listed = json.loads(cli("inquiry", "list", "--json").stdout)
     assert len(listed) == 1 and listed[0]["schema"]["properties"]["colour"]["enum"] == ["red", "green"]
     bad = cli("inquiry", "respond", listed[0]["id"], "--response", '{"colour": "blue"}')
-    assert bad.returncode == 2 and "schema" in bad.stderr
+    assert bad.exit_code == 2 and "schema" in bad.stderr
     good = cli("inquiry", "respond", listed[0]["id"], "--response", '{"colour": "red"}', "--json")
-    assert good.returncode == 0, good.stderr
+    assert good.exit_code == 0, good.stderr
     assert json.loads(good.stdout)["response"] == {"colour": "red"}
     # No server runs here: the workflow is marked resuming for `squall serve`, not run by the CLI.
     workflow = json.loads(cli("execution", "get", listed[0]["parent"], "--json").stdout)
@@ -449,10 +446,13 @@ async def test_a_roles_only_inquiry_is_answered_through_the_api_by_a_member_of_a
         await squall.close()
 
 
-def test_cli_answers_a_roles_only_inquiry_for_a_member_of_a_config_group(home: Path) -> None:
+def test_cli_answers_a_roles_only_inquiry_for_a_member_of_a_config_group(home: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """`squall inquiry respond` answers as the shell's user, in the config `auth.groups` that list them:
     an inquiry for their group is answered, one for another group refused (exit 2, saying why)."""
     import getpass
+
+    from tests.test_cli import in_process
 
     me = getpass.getuser()
     write(home / "config.yml", "database:\n  url: sqlite:///data/squall.db\npacks:\n  paths: [packs]\n"
@@ -460,22 +460,20 @@ def test_cli_answers_a_roles_only_inquiry_for_a_member_of_a_config_group(home: P
     workflow_pack(home, {"mine": ("action-chain", "", CHOICE.replace("route: ops", "roles: [approvers]")),
                          "theirs": ("action-chain", "", CHOICE.replace("route: ops", "roles: [others]"))})
 
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(SQUALL_CLI), "-c", str(home / "config.yml"), *args], capture_output=True,
-                              text=True, timeout=60, cwd=home)
-
+    cli = in_process(home, monkeypatch)
     for ref in ("wf.mine", "wf.theirs"):
         started = cli("run", ref, "--json")
         assert json.loads(started.stdout)["status"] == "paused", started.stdout + started.stderr
     listed = {item["roles"][0]: item["id"] for item in json.loads(cli("inquiry", "list", "--json").stdout)}
-    table = subprocess.run([str(SQUALL_CLI), "-c", str(home / "config.yml"), "inquiry", "list"], capture_output=True,
+    # A process of its own: the table's width comes from its environment (COLUMNS), read once per process.
+    table = subprocess.run([str(SQUALL), "-c", str(home / "config.yml"), "inquiry", "list"], capture_output=True,
                            text=True, timeout=60, cwd=home, env={**os.environ, "COLUMNS": "200"}).stdout
     assert "who may answer" in table and "members of role approvers" in table and "anyone" not in table
     good = cli("inquiry", "respond", listed["approvers"], "--response", '{"colour": "red"}', "--json")
-    assert good.returncode == 0, good.stderr
+    assert good.exit_code == 0, good.stderr
     assert json.loads(good.stdout)["status"] == "succeeded"
     refused = cli("inquiry", "respond", listed["others"], "--response", '{"colour": "red"}')
-    assert refused.returncode == 2 and f"{me} is in none of its roles (in approvers)" in refused.stderr
+    assert refused.exit_code == 2 and f"{me} is in none of its roles (in approvers)" in refused.stderr
 
 
 async def test_an_inquirys_roles_are_the_chats_groups_config_ones_included(home: Path) -> None:

@@ -1,4 +1,5 @@
-"""`squall key ...` and key rotation, driven as an operator would: the console script and a config."""
+"""`squall key ...` and key rotation, driven as an operator would: the `squall` command (run in this process)
+and a config."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,66 +19,74 @@ from engine.crypto import CryptoError, KeyRing
 from engine.datastore import Datastore, rotate_key
 from engine.storage import Store
 from tests.conftest import write
-from tests.test_cli import squall
+from tests.test_cli import Done, like_a_process
+
+Cli = Callable[..., Done]
 
 
-def key_json(home: Path, *args: str) -> tuple[int, object]:
-    done = squall(home, "key", *args, "--json")
+@pytest.fixture
+def cli(home: Path, monkeypatch: pytest.MonkeyPatch) -> Cli:
+    """`squall ARGS` with `home`'s config, run in this process (`like_a_process`)."""
+    return like_a_process(home, monkeypatch)
+
+
+def key_json(cli: Cli, *args: str) -> tuple[int, object]:
+    done = cli("key", *args, "--json")
     return done.returncode, json.loads(done.stdout) if done.stdout.strip() else None
 
 
-def test_set_get_list_delete(home: Path) -> None:
-    assert squall(home, "key", "set", "region", "eu-west-1").returncode == 0
-    assert squall(home, "key", "set", "db_password", "hunter22", "--encrypt").returncode == 0
+def test_set_get_list_delete(home: Path, cli: Cli) -> None:
+    assert cli("key", "set", "region", "eu-west-1").returncode == 0
+    assert cli("key", "set", "db_password", "hunter22", "--encrypt").returncode == 0
 
-    plain = squall(home, "key", "get", "region")
+    plain = cli("key", "get", "region")
     assert plain.returncode == 0 and plain.stdout.strip() == "eu-west-1"
-    hidden = squall(home, "key", "get", "db_password")
+    hidden = cli("key", "get", "db_password")
     assert hidden.stdout.strip() == "********" and "hunter22" not in hidden.stdout + hidden.stderr
-    shown = squall(home, "key", "get", "db_password", "--decrypt")
+    shown = cli("key", "get", "db_password", "--decrypt")
     assert shown.stdout.strip() == "hunter22"
 
-    code, items = key_json(home, "list")
+    code, items = key_json(cli, "list")
     assert code == 0
     assert [(i["name"], i["value"], i["secret"]) for i in items] == [
         ("db_password", "********", True), ("region", "eu-west-1", False)]
-    _, prefixed = key_json(home, "list", "--prefix", "reg")
+    _, prefixed = key_json(cli, "list", "--prefix", "reg")
     assert [i["name"] for i in prefixed] == ["region"]
-    _, decrypted = key_json(home, "list", "--decrypt")
+    _, decrypted = key_json(cli, "list", "--decrypt")
     assert decrypted[0]["value"] == "hunter22"
 
-    assert squall(home, "key", "delete", "region").returncode == 0
-    gone = squall(home, "key", "get", "region")
+    assert cli("key", "delete", "region").returncode == 0
+    gone = cli("key", "get", "region")
     assert gone.returncode == 2 and "does not exist" in gone.stderr
-    assert squall(home, "key", "delete", "region").returncode == 2
+    assert cli("key", "delete", "region").returncode == 2
 
 
-def test_user_scope_and_ttl(home: Path) -> None:
-    assert squall(home, "key", "set", "theme", "dark", "--scope", "user", "--user", "alice").returncode == 0
-    assert squall(home, "key", "set", "theme", "light", "--scope", "user", "--user", "bob").returncode == 0
-    _, alice = key_json(home, "list", "--scope", "user", "--user", "alice")
+def test_user_scope_and_ttl(home: Path, cli: Cli) -> None:
+    assert cli("key", "set", "theme", "dark", "--scope", "user", "--user", "alice").returncode == 0
+    assert cli("key", "set", "theme", "light", "--scope", "user", "--user", "bob").returncode == 0
+    _, alice = key_json(cli, "list", "--scope", "user", "--user", "alice")
     assert [(i["name"], i["value"], i["user"]) for i in alice] == [("theme", "dark", "alice")]
-    assert squall(home, "key", "get", "theme").returncode == 2  # not a system key
+    assert cli("key", "get", "theme").returncode == 2  # not a system key
 
-    code, item = key_json(home, "set", "flash", "x", "--ttl", "1")
+    code, item = key_json(cli, "set", "flash", "x", "--ttl", "1")
     assert code == 0 and item["expire_timestamp"]
     time.sleep(1.2)
-    assert squall(home, "key", "get", "flash").returncode == 2  # invisible as soon as it expires
+    assert cli("key", "get", "flash").returncode == 2  # invisible as soon as it expires
 
-    bad = squall(home, "key", "set", "x", "y", "--scope", "global")
+    bad = cli("key", "set", "x", "y", "--scope", "global")
     assert bad.returncode == 2 and "'system' or 'user'" in bad.stderr
 
 
-def test_load_json_and_yaml_all_or_nothing(home: Path) -> None:
+def test_load_json_and_yaml_all_or_nothing(home: Path, cli: Cli) -> None:
     write(home / "keys.json", json.dumps([
         {"name": "a", "value": "1"},
         {"name": "b", "value": "secret-b", "secret": True},
         {"name": "c", "value": "mine", "scope": "user", "user": "carol"},
     ]))
-    done = squall(home, "key", "load", str(home / "keys.json"))
+    done = cli("key", "load", str(home / "keys.json"))
     assert done.returncode == 0 and "loaded 3" in done.stdout
-    assert squall(home, "key", "get", "b", "--decrypt").stdout.strip() == "secret-b"
-    assert squall(home, "key", "get", "b").stdout.strip() == "********"
+    assert cli("key", "get", "b", "--decrypt").stdout.strip() == "secret-b"
+    assert cli("key", "get", "b").stdout.strip() == "********"
 
     write(home / "keys.yaml", """
         - name: d
@@ -85,42 +94,42 @@ def test_load_json_and_yaml_all_or_nothing(home: Path) -> None:
         - name: e
           value: plain
     """)
-    refused = squall(home, "key", "load", str(home / "keys.yaml"))
+    refused = cli("key", "load", str(home / "keys.yaml"))
     assert refused.returncode == 2 and "--convert" in refused.stderr and "'d'" in refused.stderr
-    assert squall(home, "key", "get", "e").returncode == 2  # nothing from the bad file was written
+    assert cli("key", "get", "e").returncode == 2  # nothing from the bad file was written
 
-    converted = squall(home, "key", "load", str(home / "keys.yaml"), "--convert")
+    converted = cli("key", "load", str(home / "keys.yaml"), "--convert")
     assert converted.returncode == 0
-    assert json.loads(squall(home, "key", "get", "d").stdout) == {"nested": True}
+    assert json.loads(cli("key", "get", "d").stdout) == {"nested": True}
 
     write(home / "typo.yaml", "- name: f\n  vlaue: x\n")
-    typo = squall(home, "key", "load", str(home / "typo.yaml"))
+    typo = cli("key", "load", str(home / "typo.yaml"))
     assert typo.returncode == 2 and "'name' and 'value'" in typo.stderr
 
 
-def test_load_refuses_a_masked_export_and_restores_a_decrypted_one(home: Path) -> None:
+def test_load_refuses_a_masked_export_and_restores_a_decrypted_one(home: Path, cli: Cli) -> None:
     """`key list --json` shows a secret as the mask; loaded back, it replaced the secret with eight
     asterisks. The load is refused, nothing written, and the message says to export with --decrypt."""
-    assert squall(home, "key", "set", "db_password", "hunter22", "--encrypt").returncode == 0
-    assert squall(home, "key", "set", "region", "eu-west-1").returncode == 0
-    masked = squall(home, "key", "list", "--json")
+    assert cli("key", "set", "db_password", "hunter22", "--encrypt").returncode == 0
+    assert cli("key", "set", "region", "eu-west-1").returncode == 0
+    masked = cli("key", "list", "--json")
     write(home / "masked.json", masked.stdout)
-    refused = squall(home, "key", "load", str(home / "masked.json"))
+    refused = cli("key", "load", str(home / "masked.json"))
     assert refused.returncode == 2 and "--decrypt" in refused.stderr and "db_password" in refused.stderr
-    assert squall(home, "key", "get", "db_password", "--decrypt").stdout.strip() == "hunter22"
+    assert cli("key", "get", "db_password", "--decrypt").stdout.strip() == "hunter22"
 
-    clear = squall(home, "key", "list", "--decrypt", "--json")
+    clear = cli("key", "list", "--decrypt", "--json")
     write(home / "clear.json", clear.stdout)
-    assert squall(home, "key", "delete", "db_password").returncode == 0
-    loaded = squall(home, "key", "load", str(home / "clear.json"))
+    assert cli("key", "delete", "db_password").returncode == 0
+    loaded = cli("key", "load", str(home / "clear.json"))
     assert loaded.returncode == 0, loaded.stderr
-    assert squall(home, "key", "get", "db_password", "--decrypt").stdout.strip() == "hunter22"
-    assert squall(home, "key", "get", "db_password").stdout.strip() == "********"
+    assert cli("key", "get", "db_password", "--decrypt").stdout.strip() == "hunter22"
+    assert cli("key", "get", "db_password").stdout.strip() == "********"
 
 
-def test_rotate_reencrypts_every_secret_and_retires_the_old_key(home: Path) -> None:
+def test_rotate_reencrypts_every_secret_and_retires_the_old_key(home: Path, cli: Cli) -> None:
     for n in range(3):
-        assert squall(home, "key", "set", f"s{n}", f"value-{n}", "--encrypt").returncode == 0
+        assert cli("key", "set", f"s{n}", f"value-{n}", "--encrypt").returncode == 0
     key_file = home / "data" / "datastore.key"
     old = json.loads(key_file.read_text())["keys"][0]["id"]
     # An execution waiting with a sealed secret must still run after the rotation.
@@ -132,17 +141,17 @@ def test_rotate_reencrypts_every_secret_and_retires_the_old_key(home: Path) -> N
           token: {type: string, secret: true, required: true}
           cmd: {default: 'test "{{token}}" = "tok-12345" && echo same', immutable: true}
     """)
-    queued = json.loads(squall(home, "run", "sec.show", "token=tok-12345", "--async", "--json").stdout)
+    queued = json.loads(cli("run", "sec.show", "token=tok-12345", "--async", "--json").stdout)
 
-    rotated = squall(home, "key", "rotate")
+    rotated = cli("key", "rotate")
     assert rotated.returncode == 0, rotated.stderr
     assert "re-encrypted 4 secrets" in rotated.stdout
     ring = json.loads(key_file.read_text())["keys"]
     assert [k["id"] for k in ring] != [old] and len(ring) == 1
     for n in range(3):
-        assert squall(home, "key", "get", f"s{n}", "--decrypt").stdout.strip() == f"value-{n}"
+        assert cli("key", "get", f"s{n}", "--decrypt").stdout.strip() == f"value-{n}"
 
-    rerun = json.loads(squall(home, "execution", "re-run", queued["id"], "--json").stdout)
+    rerun = json.loads(cli("execution", "re-run", queued["id"], "--json").stdout)
     assert rerun["status"] == "succeeded" and rerun["result"]["stdout"] == "same"
 
 
@@ -184,25 +193,25 @@ def another_process(what: str, target: str) -> Iterator[int]:
         child.wait(timeout=30)
 
 
-def test_rotate_keeps_the_old_keys_while_squall_serve_runs_and_retires_them_later(home: Path) -> None:
+def test_rotate_keeps_the_old_keys_while_squall_serve_runs_and_retires_them_later(home: Path, cli: Cli) -> None:
     """`squall key rotate` beside a running service once retired the key the service still sealed with;
     what it stored afterwards was lost for good. Now the old keys stay until a rotation finds it alone."""
-    assert squall(home, "key", "set", "before", "s3cret-before", "--encrypt").returncode == 0
+    assert cli("key", "set", "before", "s3cret-before", "--encrypt").returncode == 0
     key_file = home / "data" / "datastore.key"
     old = json.loads(key_file.read_text())["keys"][0]["id"]
     with another_process("lead", str(home / "data" / "squall.db.leader")):
-        rotated = squall(home, "key", "rotate")
+        rotated = cli("key", "rotate")
         assert rotated.returncode == 0, rotated.stderr
         assert "kept the old keys: squall 4242@another-host" in rotated.stdout
         assert "run squall key rotate again while no squall serve or worker runs" in rotated.stdout
         ring = [k["id"] for k in json.loads(key_file.read_text())["keys"]]
         assert len(ring) == 2 and ring[1] == old
-        assert squall(home, "key", "get", "before", "--decrypt").stdout.strip() == "s3cret-before"
-    alone = squall(home, "key", "rotate")
+        assert cli("key", "get", "before", "--decrypt").stdout.strip() == "s3cret-before"
+    alone = cli("key", "rotate")
     assert alone.returncode == 0, alone.stderr
     assert "retired 2 old key(s)" in alone.stdout
     assert len(json.loads(key_file.read_text())["keys"]) == 1
-    assert squall(home, "key", "get", "before", "--decrypt").stdout.strip() == "s3cret-before"
+    assert cli("key", "get", "before", "--decrypt").stdout.strip() == "s3cret-before"
 
 
 async def test_other_processes_are_those_holding_an_owner_file_beside_the_database(home: Path) -> None:
@@ -262,34 +271,34 @@ def test_a_crash_mid_rotation_loses_nothing(tmp_path: Path) -> None:
     assert after.key_id_of(after.encrypt("new")) == after.current_key_id != after.key_id_of(before)
 
 
-def test_missing_key_file_is_named_and_nothing_falls_back_to_plaintext(home: Path) -> None:
-    assert squall(home, "key", "set", "t", "secret-t", "--encrypt").returncode == 0
+def test_missing_key_file_is_named_and_nothing_falls_back_to_plaintext(home: Path, cli: Cli) -> None:
+    assert cli("key", "set", "t", "secret-t", "--encrypt").returncode == 0
     (home / "data" / "datastore.key").unlink()
-    done = squall(home, "key", "get", "t", "--decrypt")
+    done = cli("key", "get", "t", "--decrypt")
     assert done.returncode == 2
     assert "datastore.key" in done.stderr and "secret-t" not in done.stdout + done.stderr
     assert not (home / "data" / "datastore.key").exists()  # no new key was made up
 
 
-def test_load_takes_ciphertext_marked_encrypted_and_refuses_a_foreign_one(home: Path) -> None:
+def test_load_takes_ciphertext_marked_encrypted_and_refuses_a_foreign_one(home: Path, cli: Cli) -> None:
     """An `encrypted: true` item (ciphertext under this server's key, as `st2 key load` sends it and the
     API takes it) is stored as given, a secret; one that does not decrypt here is refused with the way
     out named, and nothing of its file is written."""
     sealed = KeyRing(home / "data" / "datastore.key").encrypt("hunter22")  # the server's key, made here
     write(home / "sealed.json", json.dumps([{"name": "plain", "value": "x"},
                                             {"name": "db_password", "value": sealed, "encrypted": True}]))
-    loaded = squall(home, "key", "load", str(home / "sealed.json"))
+    loaded = cli("key", "load", str(home / "sealed.json"))
     assert loaded.returncode == 0, loaded.stderr
-    assert squall(home, "key", "get", "db_password", "--decrypt").stdout.strip() == "hunter22"
-    assert squall(home, "key", "get", "db_password").stdout.strip() == "********"
+    assert cli("key", "get", "db_password", "--decrypt").stdout.strip() == "hunter22"
+    assert cli("key", "get", "db_password").stdout.strip() == "********"
 
     foreign = KeyRing(home / "elsewhere.key").encrypt("other")
     write(home / "foreign.json", json.dumps([{"name": "first", "value": "1"},
                                              {"name": "stolen", "value": foreign, "encrypted": True}]))
-    refused = squall(home, "key", "load", str(home / "foreign.json"))
+    refused = cli("key", "load", str(home / "foreign.json"))
     assert refused.returncode == 2
     assert "item 2" in refused.stderr and "stolen" in refused.stderr and "secret: true" in refused.stderr
-    assert squall(home, "key", "get", "first").returncode == 2  # nothing of the refused file was written
+    assert cli("key", "get", "first").returncode == 2  # nothing of the refused file was written
     assert "Traceback" not in refused.stderr
 
 
@@ -304,16 +313,16 @@ def test_load_takes_ciphertext_marked_encrypted_and_refuses_a_foreign_one(home: 
     ({"name": "second", "value": "a\x00b"}, "its value holds a NUL character (\\x00) at position 2"),
     ({"name": "second", "value": "2", "description": "\x00"}, "its description holds a NUL character"),
 ])
-def test_load_checks_every_item_before_writing_any(home: Path, second: dict, said: str) -> None:
+def test_load_checks_every_item_before_writing_any(home: Path, cli: Cli, second: dict, said: str) -> None:
     """"Nothing is written if any item is bad": a bad scope, ttl or name in item 2 was found only while
     writing it, after item 1 was stored (and `ttl: soon` was a traceback)."""
-    assert squall(home, "key", "set", "db_password", "hunter22", "--encrypt").returncode == 0
+    assert cli("key", "set", "db_password", "hunter22", "--encrypt").returncode == 0
     write(home / "keys.json", json.dumps([{"name": "first", "value": "1"}, second]))
-    refused = squall(home, "key", "load", str(home / "keys.json"))
+    refused = cli("key", "load", str(home / "keys.json"))
     assert refused.returncode == 2 and "item 2" in refused.stderr and said in refused.stderr, refused.stderr
     assert "Traceback" not in refused.stderr
-    assert squall(home, "key", "get", "first").returncode == 2  # nothing of the file was written
-    assert squall(home, "key", "get", "db_password", "--decrypt").stdout.strip() == "hunter22"
+    assert cli("key", "get", "first").returncode == 2  # nothing of the file was written
+    assert cli("key", "get", "db_password", "--decrypt").stdout.strip() == "hunter22"
 
 
 @pytest.mark.parametrize(("value", "said"), [
@@ -325,49 +334,49 @@ def test_load_checks_every_item_before_writing_any(home: Path, second: dict, sai
     ("&loop [*loop]", "value[0] refers back to what holds it (a YAML alias inside its own anchor)"),
 ])
 @pytest.mark.parametrize("convert", [False, True])
-def test_load_names_a_yaml_value_json_cannot_hold(home: Path, value: str, said: str, convert: bool) -> None:
+def test_load_names_a_yaml_value_json_cannot_hold(home: Path, cli: Cli, value: str, said: str, convert: bool) -> None:
     """`value: 2024-01-01` is a date to YAML and `!!binary` bytes: `key load --convert` was a TypeError
     traceback (exit 1) from json.dumps, which the refusal without --convert advised. Both now say which
     item and where in its value, and what to write instead; exit 2, nothing written."""
     write(home / "keys.yaml", f"- name: first\n  value: one\n- name: release_day\n  value: {value}\n")
-    refused = squall(home, "key", "load", str(home / "keys.yaml"), *(["--convert"] if convert else []))
+    refused = cli("key", "load", str(home / "keys.yaml"), *(["--convert"] if convert else []))
     assert refused.returncode == 2, refused.stderr
     assert "Traceback" not in refused.stderr
     assert f"keys.yaml item 2 ('release_day'): {said}" in " ".join(refused.stderr.split()), refused.stderr
     assert "use --convert" not in refused.stderr  # --convert cannot store it either
-    assert squall(home, "key", "get", "first").returncode == 2  # nothing of the file was written
+    assert cli("key", "get", "first").returncode == 2  # nothing of the file was written
     write(home / "keys.yaml", "- name: release_day\n  value: '2024-01-01'\n")  # quoted, as the error says
-    assert squall(home, "key", "load", str(home / "keys.yaml")).returncode == 0
-    assert squall(home, "key", "get", "release_day").stdout.strip() == "2024-01-01"
+    assert cli("key", "load", str(home / "keys.yaml")).returncode == 0
+    assert cli("key", "get", "release_day").stdout.strip() == "2024-01-01"
 
 
-def test_load_reads_a_ttl_of_0_as_no_expiry_as_stackstorm_does(home: Path) -> None:
+def test_load_reads_a_ttl_of_0_as_no_expiry_as_stackstorm_does(home: Path, cli: Cli) -> None:
     """`st2 key load` sends each item to StackStorm's API, which sets a ttl only `if ttl:`."""
     write(home / "keys.json", json.dumps([{"name": "zero", "value": "1", "ttl": 0},
                                           {"name": "negative", "value": "2", "ttl": -1}]))
-    refused = squall(home, "key", "load", str(home / "keys.json"))
+    refused = cli("key", "load", str(home / "keys.json"))
     assert refused.returncode == 2 and "item 2" in refused.stderr and "positive" in refused.stderr
     write(home / "keys.json", json.dumps([{"name": "zero", "value": "1", "ttl": 0}]))
-    assert squall(home, "key", "load", str(home / "keys.json")).returncode == 0
-    code, item = key_json(home, "get", "zero")
+    assert cli("key", "load", str(home / "keys.json")).returncode == 0
+    code, item = key_json(cli, "get", "zero")
     assert code == 0 and item["value"] == "1" and item["expire_timestamp"] is None
 
 
-def test_set_refuses_a_ttl_past_100_years_and_a_name_too_long_without_a_traceback(home: Path) -> None:
+def test_set_refuses_a_ttl_past_100_years_and_a_name_too_long_without_a_traceback(home: Path, cli: Cli) -> None:
     for ttl, said in (("99999999999999", "ttl must be at most"), ("100000000000", "ttl must be at most"),
                       ("0", "positive"), ("0", "leave --ttl out for a key that never expires")):
-        done = squall(home, "key", "set", "big", "x", "--ttl", ttl)
+        done = cli("key", "set", "big", "x", "--ttl", ttl)
         assert done.returncode == 2 and said in done.stderr and "Traceback" not in done.stderr, done.stderr
-    long = squall(home, "key", "set", "k" * 510, "x", "--scope", "user", "--user", "ann")
+    long = cli("key", "set", "k" * 510, "x", "--scope", "user", "--user", "ann")
     assert long.returncode == 2 and "'ann:' prefix" in long.stderr and "512" in long.stderr
-    assert squall(home, "key", "list", "--scope", "all", "--json").stdout.strip() == "[]"
-    assert squall(home, "key", "set", "big", "x", "--ttl", "3153600000").returncode == 0  # 100 years
+    assert cli("key", "list", "--scope", "all", "--json").stdout.strip() == "[]"
+    assert cli("key", "set", "big", "x", "--ttl", "3153600000").returncode == 0  # 100 years
 
 
-def test_list_prefix_matches_user_scoped_keys_by_their_own_name(home: Path) -> None:
-    assert squall(home, "key", "set", "theme", "dark", "--scope", "user", "--user", "carol").returncode == 0
-    assert squall(home, "key", "set", "carrot", "orange").returncode == 0
-    _, every = key_json(home, "list", "--scope", "all", "--prefix", "them")
+def test_list_prefix_matches_user_scoped_keys_by_their_own_name(home: Path, cli: Cli) -> None:
+    assert cli("key", "set", "theme", "dark", "--scope", "user", "--user", "carol").returncode == 0
+    assert cli("key", "set", "carrot", "orange").returncode == 0
+    _, every = key_json(cli, "list", "--scope", "all", "--prefix", "them")
     assert [(i["user"], i["name"]) for i in every] == [("carol", "theme")]
-    _, by_user = key_json(home, "list", "--scope", "all", "--prefix", "car")
+    _, by_user = key_json(cli, "list", "--scope", "all", "--prefix", "car")
     assert [(i["user"], i["name"]) for i in by_user] == [(None, "carrot")]

@@ -14,7 +14,7 @@ import os
 import re
 import sqlite3
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+from click.testing import Result
 
 from bot.accounts import (
     Account,
@@ -39,7 +40,7 @@ from engine.config import load_config
 from engine.storage import Store
 from tests.conftest import free_port, wait_until_answering
 from tests.test_api import _home
-from tests.test_cli import SQUALL
+from tests.test_cli import SQUALL, in_process
 
 PASSWORD = "correct horse battery"
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -649,20 +650,20 @@ async def test_at_a_terminal_the_first_admins_password_is_printed_once_and_no_fi
 
 # -- squall user ... ------------------------------------------------------------------------------
 
-def _user(home: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(SQUALL), "-c", str(home / "config.yml"), "user", *args], input=stdin,
-                          capture_output=True, text=True, timeout=60)
+def _user(cli: Callable[..., Result], *args: str, stdin: str | None = None) -> Result:
+    return cli("user", *args, stdin=stdin)
 
 
-def test_user_cli_create_list_passwd_delete(home: Path) -> None:
-    created = _user(home, "create", "ann", "--role", "operator")
-    assert created.returncode == 0, created.stderr
+def test_user_cli_create_list_passwd_delete(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cli = in_process(home, monkeypatch)
+    created = _user(cli, "create", "ann", "--role", "operator")
+    assert created.exit_code == 0, created.stderr
     generated = re.search(r"password: (\S+)", created.stdout)
     assert generated and "cannot be shown again" in created.stdout
-    from_stdin = _user(home, "create", "bob", "--role", "admin", "--password-stdin", "--json",
+    from_stdin = _user(cli, "create", "bob", "--role", "admin", "--password-stdin", "--json",
                        stdin="bob's long password\n")
-    assert from_stdin.returncode == 0 and json.loads(from_stdin.stdout) == {"name": "bob", "role": "admin"}
-    listed = _user(home, "list", "--json")
+    assert from_stdin.exit_code == 0 and json.loads(from_stdin.stdout) == {"name": "bob", "role": "admin"}
+    listed = _user(cli, "list", "--json")
     users = json.loads(listed.stdout)
     assert [(u["name"], u["role"]) for u in users] == [("ann", "operator"), ("bob", "admin")]
     assert "hash" not in listed.stdout and generated.group(1) not in listed.stdout
@@ -675,29 +676,30 @@ def test_user_cli_create_list_passwd_delete(home: Path) -> None:
         assert password_matches(store.web_user_get("bob"), "bob's long password")
         assert store.web_user_get("ann")["password_hash"].startswith("$argon2")
         token, _ = open_session(store, Account("ann", "operator"))
-        changed = _user(home, "passwd", "ann", "--json")
-        assert changed.returncode == 0
+        changed = _user(cli, "passwd", "ann", "--json")
+        assert changed.exit_code == 0
         new_password = json.loads(changed.stdout)["password"]
         assert new_password != generated.group(1) and password_matches(store.web_user_get("ann"), new_password)
         assert find_session(store, token) is None  # the old password's session ended with it
         token, _ = open_session(store, Account("bob", "admin"))
         second, _ = open_session(store, Account("bob", "admin"))
-        assert [u["sessions"] for u in json.loads(_user(home, "list", "--json").stdout)] == [0, 2]
-        logout = _user(home, "logout", "bob")
-        assert logout.returncode == 0 and "ended 2 sessions of bob" in logout.stdout
+        assert [u["sessions"] for u in json.loads(_user(cli, "list", "--json").stdout)] == [0, 2]
+        logout = _user(cli, "logout", "bob")
+        assert logout.exit_code == 0 and "ended 2 sessions of bob" in logout.stdout
         assert find_session(store, token) is None and find_session(store, second) is None
         assert password_matches(store.web_user_get("bob"), "bob's long password")  # kept
         assert [e["target"] for e in store.audit_list(10, "cli.user.logout")] == ["bob"]
-        assert _user(home, "logout", "nobody").returncode == 2
+        assert _user(cli, "logout", "nobody").exit_code == 2
         token, _ = open_session(store, Account("bob", "admin"))
-        assert _user(home, "delete", "bob").returncode == 0
+        assert _user(cli, "delete", "bob").exit_code == 0
         assert find_session(store, token) is None and store.web_user_get("bob") is None
     finally:
         store.close()
 
 
-def test_user_cli_refusals_exit_2_and_change_nothing(home: Path) -> None:
-    assert _user(home, "create", "ann").returncode == 0
+def test_user_cli_refusals_exit_2_and_change_nothing(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cli = in_process(home, monkeypatch)
+    assert _user(cli, "create", "ann").exit_code == 0
     for args, stdin, said in [
         (("create", "bob", "--role", "root"), None, "unknown role 'root'"),
         (("create", "bad name"), None, "not a usable user name"),
@@ -706,9 +708,9 @@ def test_user_cli_refusals_exit_2_and_change_nothing(home: Path) -> None:
         (("passwd", "nobody"), None, "no user named nobody"),
         (("delete", "nobody"), None, "no user named nobody"),
     ]:
-        refused = _user(home, *args, stdin=stdin)
-        assert refused.returncode == 2 and said in refused.stderr, (args, refused.stderr)
-    assert [u["name"] for u in json.loads(_user(home, "list", "--json").stdout)] == ["ann"]
+        refused = _user(cli, *args, stdin=stdin)
+        assert refused.exit_code == 2 and said in refused.stderr, (args, refused.stderr)
+    assert [u["name"] for u in json.loads(_user(cli, "list", "--json").stdout)] == ["ann"]
 
 
 def test_every_file_the_ui_serves_is_in_the_installed_package() -> None:
