@@ -15,19 +15,7 @@ from click.testing import Result
 
 from engine.policies import retry_id
 from tests.conftest import serving, write
-from tests.test_cli import SQUALL, _held_pack, in_process, squall
-
-
-def _poll(cli: Callable[..., Result], execution_id: str, done, seconds: float = 20) -> dict:
-    """`tests.test_cli._poll`, its `execution get` run in this process."""
-    deadline = time.monotonic() + seconds
-    while True:
-        record = json.loads(cli("execution", "get", execution_id, "--json").stdout)
-        if done(record):
-            return record
-        if time.monotonic() > deadline:
-            raise AssertionError(f"execution never reached the expected state: {record}")
-        time.sleep(0.2)
+from tests.test_cli import SQUALL, _cli_poll, _held_pack, in_process, squall
 
 
 def _cli(home: Path, *args: str) -> subprocess.Popen[str]:
@@ -62,11 +50,11 @@ def _waits_for_the_servers_run(home: Path, cli: Callable[..., Result], known: se
     waits `delayed` for it: counted with the server's runs. Both gates opened, that run and the command's exit
     code, output and errors."""
     first = json.loads(squall(home, "run", "pol.slow", f"gate={home / 'gate-1'}", "--async", "--json").stdout)
-    _poll(cli, first["id"], lambda r: r["status"] == "running")
+    _cli_poll(cli, first["id"], lambda r: r["status"] == "running")
     waiter = _cli(home, *command)
     try:
         run = _new_run(cli, "pol.slow", {*known, first["id"]}, waiter)
-        _poll(cli, run["id"], lambda r: r["status"] == "delayed")
+        _cli_poll(cli, run["id"], lambda r: r["status"] == "delayed")
     finally:
         (home / "gate-1").touch()
         (home / "gate-2").touch()
@@ -97,7 +85,7 @@ def test_the_retry_of_a_plain_run_is_run_by_the_server(home: Path, monkeypatch: 
         retry = retry_id(failed["id"])
         assert f"queued retry {retry}" in done.stderr and "`squall serve` runs it" in done.stderr, done.stderr
 
-        record = _poll(in_process(home, monkeypatch), retry, lambda r: r["status"] in ("succeeded", "failed"),
+        record = _cli_poll(in_process(home, monkeypatch), retry, lambda r: r["status"] in ("succeeded", "failed"),
                        seconds=30)
         assert record["status"] == "succeeded" and record["result"]["stdout"] == "again"
         assert record["runner_info"]["pid"] == server.pid

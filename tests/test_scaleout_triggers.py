@@ -404,16 +404,17 @@ def _connections_cut(url: str) -> None:
             time.sleep(0.05)
 
 
-@pytest.mark.parametrize("seam", ["insert_execution", "trigger_instance_finish"])
+@pytest.mark.parametrize("seam", ["trigger_instance_claim", "insert_execution", "trigger_instance_finish"])
 async def test_an_instance_whose_processing_the_database_failed_is_processed_once_it_is_back(
         home: Path, postgres_url: str, seam: str, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
-    """The review's restart: the rule's request (`insert_execution`) or the instance's end
-    (`trigger_instance_finish`) met the server ending the connections. The first was recorded as a failed
-    enforcement (the action never ran for an event answered 202); the second escaped the task (`Task
-    exception was never retrieved`). Either way the instance stayed `processing` while its node lived,
-    which nobody takes over. Now both are tried again until the database takes them, said once: the
-    instance is processed, its rule acting once."""
+    """The review's restart: the instance's claim (`trigger_instance_claim`), the rule's request
+    (`insert_execution`) or the instance's end (`trigger_instance_finish`) met the server ending the
+    connections. The claim's error escaped the task, the instance left `pending` for a minute sweep; the
+    request was recorded as a failed enforcement (the action never ran for an event answered 202); the end
+    escaped the task (`Task exception was never retrieved`), the instance left `processing` while its node
+    lived. Now each is tried again until the database takes it, said once: the instance is processed, its
+    rule acting once."""
     config = load_config(_home(home, postgres_url) / "config.yml")
     _rule(home)
     serve = await Squall.start(config)

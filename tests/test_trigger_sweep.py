@@ -5,30 +5,22 @@ live node (or whose claim's answer the database lost) stayed `processing` for as
 lived. The node's minute sweep (`TriggerService.recover`) now takes up again what it holds with no
 task of its own on it, once two looks a grace apart found it so (its clock is the test's), resumed: a
 rule that acted before the task was lost does not act again. An instance a task still works on is
-left to it. And a claim the database fails (PostgreSQL restarting) is tried again as soon as it
-answers, not left `pending` for the minute sweep."""
+left to it. (A claim the database fails is tried again at once: tests/test_scaleout_triggers.py.)"""
 
 from __future__ import annotations
 
 import asyncio
-import gc
-import logging
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bot.app import Squall
 from bot.service import POLL_SECONDS, PURGE_SECONDS, Housekeeping
 from engine import triggers
-from engine.config import load_config
-from engine.notifications import ACTION_TRIGGER
 from tests.conftest import write
 from tests.test_reaper_clock import Monotonic
 from tests.test_rules import make_pack, rule, started
-from tests.test_scaleout import _home
-from tests.test_scaleout_triggers import _connections_cut, _enforced, _rule
 from tests.test_trigger_recovery import RULES, _acted, _instance_row
 
 
@@ -134,45 +126,3 @@ async def test_the_sweep_leaves_an_instance_a_task_of_this_node_still_works_on(
         assert await _acted(squall, record["id"]) == (Counter(RULES), Counter(RULES))
     finally:
         await squall.close()
-
-
-@pytest.mark.postgres
-async def test_a_claim_the_database_failed_is_tried_again_once_it_is_back(
-        home: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    """The instance's claim meets the server ending the connections (a restart). Before, the error escaped
-    the task and the instance stayed `pending` until a minute sweep; now the claim is tried again until the
-    database takes it, said once: the instance is processed without any sweep, its rule acting once."""
-    config = load_config(_home(home, postgres_url) / "config.yml")
-    _rule(home)
-    serve = await Squall.start(config)
-    store = serve.store
-    real, cut = store.trigger_instance_claim, []
-
-    def in_a_restart(*args: Any, **kwargs: Any) -> Any:
-        if not cut:
-            _connections_cut(postgres_url)
-            cut.append(True)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(store, "trigger_instance_claim", in_a_restart)
-    caplog.set_level(logging.INFO)
-    loop = asyncio.get_running_loop()
-    unhandled: list[dict[str, Any]] = []
-    loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
-    try:
-        raised = await serve.triggers.dispatch(
-            ACTION_TRIGGER, {"execution_id": "e1", "action_ref": "demo.hello", "status": "succeeded"}, validate=False)
-        await serve.triggers.settle()
-        gc.collect()
-        assert cut == [True]
-        assert store.trigger_instance_get(raised["id"])["status"] == "processed"
-        await _enforced(serve, raised["id"])
-        assert len(store.list_executions(action="zone.where", limit=1000)) == 1
-    finally:
-        loop.set_exception_handler(None)
-        await serve.close()
-    assert not unhandled, unhandled
-    said = [r.getMessage() for r in caplog.records if r.name == "engine.triggers"]
-    assert len([m for m in said if m.startswith("claiming trigger instance")
-                and "tried again until the database takes it" in m]) == 1, said
-    assert len([m for m in said if m.startswith("claiming trigger instance") and "went through, after" in m]) == 1, said
