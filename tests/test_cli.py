@@ -960,8 +960,8 @@ def like_a_process(home: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[...,
     """`in_process`, answering as `squall` (the console script's subprocess.run) does: for tests written so."""
     run = in_process(home, monkeypatch)
 
-    def squall(*args: str) -> Done:
-        done = run(*args)
+    def squall(*args: str, stdin: str | None = None) -> Done:
+        done = run(*args, stdin=stdin)
         return Done(done.exit_code, done.stdout, done.stderr)
 
     return squall

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from bot.cli.executions import _execution_table
 from tests.conftest import write
-from tests.test_cli import _listed_at, squall
+from tests.test_cli import _listed_at, like_a_process
 
 
 def _cells(listing: str, column: int) -> str:
@@ -21,7 +21,7 @@ def _cells(listing: str, column: int) -> str:
     return "".join(line.split("│")[column].strip() for line in listing.splitlines() if line.startswith("│"))
 
 
-def test_ids_stay_on_one_line_at_80_columns(home: Path) -> None:
+def test_ids_stay_on_one_line_at_80_columns(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pack = home / "packs" / "ops_automation"
     write(pack / "pack.yaml", "ref: ops_automation\nname: ops_automation\nversion: 0.1.0\n")
     write(pack / "actions" / "restart_gateway.yaml", """
@@ -30,8 +30,9 @@ def test_ids_stay_on_one_line_at_80_columns(home: Path) -> None:
         parameters:
           cmd: {default: "true", immutable: true}
     """)
-    ran = [json.loads(squall(home, "run", ref, "--json").stdout) for ref in ("ops_automation.restart_gateway",
-                                                                            "core.noop")]
+    squall = like_a_process(home, monkeypatch)
+    ran = [json.loads(squall("run", ref, "--json").stdout) for ref in ("ops_automation.restart_gateway",
+                                                                      "core.noop")]
     listing = _listed_at(home, 80, "execution", "list")
     assert "│" in listing, listing  # a table, not lines of their own
     for record in ran:

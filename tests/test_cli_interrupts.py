@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_cli import like_a_process
+
 SQUALL = Path(sys.executable).parent / "squall"
 
 
@@ -22,14 +24,16 @@ def squall(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           timeout=120, cwd=home)
 
 
-def test_ctrl_c_during_key_load_writes_nothing_and_audits_nothing(home: Path) -> None:
+def test_ctrl_c_during_key_load_writes_nothing_and_audits_nothing(home: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """The load is one transaction: a Ctrl-C at its first progress line (a wrong file noticed) leaves every key
     as it was and no `cli.key.load` event. The write ran to its end, every key overwritten and audited, while
     the command said `interrupted`."""
     count = 10_000
     (home / "good.json").write_text(json.dumps([{"name": f"k{i:05d}", "value": "prod"} for i in range(count)]))
     (home / "wrong.json").write_text(json.dumps([{"name": f"k{i:05d}", "value": "WRONG"} for i in range(count)]))
-    assert squall(home, "key", "load", "good.json").returncode == 0
+    cli = like_a_process(home, monkeypatch)
+    assert cli("key", "load", "good.json").returncode == 0
     loader = subprocess.Popen([str(SQUALL), "-c", str(home / "config.yml"), "key", "load", "wrong.json"], cwd=home,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -45,9 +49,9 @@ def test_ctrl_c_during_key_load_writes_nothing_and_audits_nothing(home: Path) ->
             loader.wait()
     assert loader.returncode == 128 + signal.SIGINT, errors
     assert output == "" and errors.strip().splitlines()[-1] == "interrupted", (output, errors)
-    keys = json.loads(squall(home, "key", "list", "--json").stdout)
+    keys = json.loads(cli("key", "list", "--json").stdout)
     assert len(keys) == count and {key["value"] for key in keys} == {"prod"}
-    events = [json.loads(line) for line in squall(home, "audit", "export").stdout.splitlines()]
+    events = [json.loads(line) for line in cli("audit", "export").stdout.splitlines()]
     assert [event["target"] for event in events if event["event"] == "cli.key.load"] == ["good.json"]
 
 
@@ -122,12 +126,13 @@ def test_a_stop_after_the_work_is_done_lets_what_follows_finish() -> None:
                          ids=["audit.sinks", "metrics.statsd"])
 @pytest.mark.parametrize("args", [("run", "core.noop"), ("key", "set", "a", "b"),
                                   ("trigger", "emit", "core.st2.webhook")], ids=" ".join)
-def test_a_bad_setting_read_at_start_is_one_line_and_exit_2(home: Path, setting: str, args: tuple[str, ...]) -> None:
+def test_a_bad_setting_read_at_start_is_one_line_and_exit_2(home: Path, setting: str, args: tuple[str, ...],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """`audit.sinks` and `metrics.statsd` are checked as Squall starts: a mistake in them was a traceback and
     exit 1 (for `squall run`, "the action failed"), where `squall serve` says it in one line and exits 2."""
     config = home / "config.yml"
     config.write_text(config.read_text() + setting)
-    done = squall(home, *args)
+    done = like_a_process(home, monkeypatch)(*args)
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     lines = done.stderr.strip().splitlines()
@@ -135,16 +140,18 @@ def test_a_bad_setting_read_at_start_is_one_line_and_exit_2(home: Path, setting:
     assert ("audit.sinks[0].type" if "audit" in setting else "metrics.statsd.port") in lines[0]
 
 
-def test_a_bad_audit_sink_stops_a_write_made_without_starting_squall(home: Path) -> None:
+def test_a_bad_audit_sink_stops_a_write_made_without_starting_squall(home: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """`apikey create` stores its key and event without starting Squall (`changed_and_audited`), its sinks read
     first: a bad one is one line and exit 2, and no key is made."""
     config = home / "config.yml"
     config.write_text(config.read_text() + "audit:\n  sinks: [{type: flie}]\n")
-    done = squall(home, "apikey", "create", "ci")
+    cli = like_a_process(home, monkeypatch)
+    done = cli("apikey", "create", "ci")
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert "audit.sinks[0].type" in done.stderr and done.stdout == ""
     config.write_text(config.read_text().replace("type: flie", "type: file"))
-    assert json.loads(squall(home, "apikey", "list", "--json").stdout) == []
+    assert json.loads(cli("apikey", "list", "--json").stdout) == []
 
 
 def test_worker_without_a_config_file_names_the_built_in_defaults(tmp_path: Path) -> None:

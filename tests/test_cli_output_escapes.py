@@ -11,13 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from tests.test_cli import like_a_process
+
 SQUALL = Path(sys.executable).parent / "squall"
 HOSTILE = "hello\x1b[2J\x1b]0;owned\x07\rFAKE"
-
-
-def squall(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(SQUALL), "-c", str(home / "config.yml"), *args], capture_output=True, text=True,
-                          timeout=60, cwd=home)
 
 
 def test_a_table_cell_shows_control_characters_as_escapes_and_keeps_its_lines() -> None:
@@ -39,20 +38,23 @@ def test_a_table_cell_shows_control_characters_as_escapes_and_keeps_its_lines() 
     assert any("second" in line and "first" not in line for line in shown.splitlines())
 
 
-def test_key_list_escapes_a_value_json_keeps_it_exact(home: Path) -> None:
-    assert squall(home, "key", "set", "banner", HOSTILE).returncode == 0
-    listed = squall(home, "key", "list")
+def test_key_list_escapes_a_value_json_keeps_it_exact(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    squall = like_a_process(home, monkeypatch)
+    assert squall("key", "set", "banner", HOSTILE).returncode == 0
+    listed = squall("key", "list")
     assert listed.returncode == 0, listed.stderr
     assert "\x1b" not in listed.stdout and "\x07" not in listed.stdout and "\r" not in listed.stdout
     assert "hello\\x1b[2J" in listed.stdout
-    assert json.loads(squall(home, "key", "list", "--json").stdout)[0]["value"] == HOSTILE
+    assert json.loads(squall("key", "list", "--json").stdout)[0]["value"] == HOSTILE
 
 
-def test_key_get_escapes_for_a_terminal_and_gives_a_script_the_value(home: Path) -> None:
+def test_key_get_escapes_for_a_terminal_and_gives_a_script_the_value(home: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """`squall key get` feeds scripts (`$(squall key get x)`), which get the value as before, ESC sequences
     and lines whole; a person at a terminal gets its control characters as escapes."""
+    squall = like_a_process(home, monkeypatch)
     value = HOSTILE + "\nline two"
-    assert squall(home, "key", "set", "banner", value).returncode == 0
+    assert squall("key", "set", "banner", value).returncode == 0
     piped = subprocess.run([str(SQUALL), "-c", str(home / "config.yml"), "key", "get", "banner"], cwd=home,
                            capture_output=True, timeout=60)  # bytes: text mode would read the CR as a newline
     assert piped.stdout.decode().startswith("hello\x1b[2J\x1b]0;owned")  # as it was (rich drops a BEL and a CR)
@@ -79,29 +81,31 @@ def test_key_get_escapes_for_a_terminal_and_gives_a_script_the_value(home: Path)
     assert "hello\\x1b[2J\\x1b]0;owned\\x07\\rFAKE" in text and "line two" in text
 
 
-def test_pack_list_escapes_a_packs_description(home: Path) -> None:
+def test_pack_list_escapes_a_packs_description(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A pack someone else wrote (a git URL) describes itself with ESC sequences: `squall pack list` shows them
     as escapes, `--json` exactly."""
+    squall = like_a_process(home, monkeypatch)
     pack = home / "packs" / "evil"
     pack.mkdir(parents=True)
     (pack / "pack.yaml").write_text(json.dumps({"ref": "evil", "name": "evil", "version": "0.1.0", "author": "x",
                                                 "description": "ok\x1b[2J\x1b]0;owned\x07FAKE"}))
-    listed = squall(home, "pack", "list")
+    listed = squall("pack", "list")
     assert listed.returncode == 0, listed.stderr
     assert "\x1b" not in listed.stdout and "\x07" not in listed.stdout
     assert "ok\\x1b[2J" in listed.stdout
-    packs = json.loads(squall(home, "pack", "list", "--json").stdout)["packs"]
+    packs = json.loads(squall("pack", "list", "--json").stdout)["packs"]
     assert [p["description"] for p in packs if p["ref"] == "evil"] == ["ok\x1b[2J\x1b]0;owned\x07FAKE"]
 
 
-def test_action_get_escapes_an_actions_description(home: Path) -> None:
+def test_action_get_escapes_an_actions_description(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`squall action get` prints the action's description on its title line: its ESC sequences as escapes."""
+    squall = like_a_process(home, monkeypatch)
     pack = home / "packs" / "evil"
     (pack / "actions").mkdir(parents=True)
     (pack / "pack.yaml").write_text(json.dumps({"ref": "evil", "name": "evil", "version": "0.1.0", "author": "x",
                                                 "description": "x"}))
     (pack / "actions" / "act.yaml").write_text(json.dumps({"name": "act", "runner_type": "noop",
                                                            "description": "ok\x1b[2J\x1b]0;owned\x07FAKE"}))
-    shown = squall(home, "action", "get", "evil.act")
+    shown = squall("action", "get", "evil.act")
     assert shown.returncode == 0, shown.stderr
     assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout and "ok\\x1b[2J" in shown.stdout

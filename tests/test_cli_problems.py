@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import write
-from tests.test_cli import squall
+from tests.test_cli import like_a_process
 
 BROKEN = "packs/demo/actions/broken.yaml"
 
@@ -49,9 +49,11 @@ def _warned(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if "pack content skipped" in line]
 
 
-def test_pack_list_ends_with_the_problems_every_time(home: Path, broken_pack: Path) -> None:
+def test_pack_list_ends_with_the_problems_every_time(home: Path, broken_pack: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    squall = like_a_process(home, monkeypatch)
     for _ in range(2):  # not only on the first command after the change
-        listed = squall(home, "pack", "list")
+        listed = squall("pack", "list")
         assert listed.returncode == 0, listed.stderr
         tail = listed.stdout[listed.stdout.index("problems"):].splitlines()
         assert tail[0].startswith("problems")
@@ -61,8 +63,9 @@ def test_pack_list_ends_with_the_problems_every_time(home: Path, broken_pack: Pa
         assert _warned(listed.stderr) == []  # shown once, in the listing
 
 
-def test_pack_list_json_has_the_problems(home: Path, broken_pack: Path) -> None:
-    listed = squall(home, "pack", "list", "--json")
+def test_pack_list_json_has_the_problems(home: Path, broken_pack: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    squall = like_a_process(home, monkeypatch)
+    listed = squall("pack", "list", "--json")
     assert listed.returncode == 0, listed.stderr
     document = json.loads(listed.stdout)
     assert "demo" in {p["ref"] for p in document["packs"]}
@@ -77,41 +80,44 @@ def test_pack_list_json_has_the_problems(home: Path, broken_pack: Path) -> None:
     assert len(_warned(listed.stderr)) == 2  # stderr warns as for every command
 
 
-def test_every_command_that_loads_packs_warns(home: Path, broken_pack: Path) -> None:
+def test_every_command_that_loads_packs_warns(home: Path, broken_pack: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    squall = like_a_process(home, monkeypatch)
     for args in (("action", "list"), ("action", "list"), ("action", "get", "demo.ok"), ("alias", "list")):
-        done = squall(home, *args)
+        done = squall(*args)
         assert done.returncode == 0, done.stderr
         warned = _warned(done.stderr)
         assert len(warned) == 2, (args, done.stderr)
         assert any(f"{BROKEN}:" in line and "invalid YAML" in line for line in warned)
-    assert "demo.ok" in squall(home, "action", "list").stdout  # the rest still loads
+    assert "demo.ok" in squall("action", "list").stdout  # the rest still loads
 
     # Commands that start Squall warn through its start-up (same text, logged).
-    run = squall(home, "run", "demo.ok")
+    run = squall("run", "demo.ok")
     assert run.returncode == 0, run.stderr
     assert any(f"{BROKEN}:" in line for line in _warned(run.stderr))
 
     # Reading a key loads no packs, so it has nothing to warn about.
-    assert squall(home, "key", "set", "k", "v").returncode == 0
-    got = squall(home, "key", "get", "k")
+    assert squall("key", "set", "k", "v").returncode == 0
+    got = squall("key", "get", "k")
     assert got.returncode == 0 and got.stdout == "v\n"
     assert _warned(got.stderr) == []
 
 
-def test_pack_list_shows_alias_rule_and_sensor_files_that_do_not_load(home: Path, broken_pack: Path) -> None:
+def test_pack_list_shows_alias_rule_and_sensor_files_that_do_not_load(home: Path, broken_pack: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """`squall serve` only logged these: the listing showed the broken action, not a bad alias format, a
     rule file that is no mapping, nor a sensor whose entry point is missing."""
+    squall = like_a_process(home, monkeypatch)
     write(broken_pack / "aliases" / "bad.yaml", """
         name: bad
         formats: ["run it"]
     """)  # no action_ref
     write(broken_pack / "rules" / "bad.yaml", "- not\n- a mapping\n")
     write(broken_pack / "sensors" / "bad.yaml", "class_name: Watcher\nentry_point: missing.py\n")
-    listed = squall(home, "pack", "list", "--json")
+    listed = squall("pack", "list", "--json")
     assert listed.returncode == 0, listed.stderr
     files = {Path(p["file"]).parent.name + "/" + Path(p["file"]).name for p in json.loads(listed.stdout)["problems"]}
     assert {"aliases/bad.yaml", "rules/bad.yaml", "sensors/bad.yaml", "actions/broken.yaml"} <= files
-    table = squall(home, "pack", "list")
+    table = squall("pack", "list")
     tail = table.stdout[table.stdout.index("problems"):]
     assert "aliases/bad.yaml" in tail and "rules/bad.yaml" in tail and "sensors/bad.yaml" in tail
     assert len(_warned(listed.stderr)) == len(files)  # --json warns on stderr for each, as before

@@ -1,5 +1,5 @@
 """`squall sensor list | get`: the sensors of the loaded packs, read from the pack files, and their state,
-restarts and last exit asked of the running `squall serve` (real CLI subprocesses, a real serve)."""
+restarts and last exit asked of the running `squall serve` (the CLI run in-process, a real serve)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,14 @@ import json
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import free_port, write
-from tests.test_cli import SQUALL, squall
+from tests.test_cli import SQUALL, like_a_process
 
 TICK = '''
 import time
@@ -59,17 +62,19 @@ def _sensor_pack(home: Path) -> None:
         (pack / "sensors" / f"{lower}.py").write_text(code)
 
 
-def _listed(home: Path, *args: str) -> tuple[dict[str, dict[str, Any]], str]:
-    done = squall(home, "sensor", "list", *args, "--json")
+def _listed(squall: Callable[..., Any], *args: str) -> tuple[dict[str, dict[str, Any]], str]:
+    done = squall("sensor", "list", *args, "--json")
     assert done.returncode == 0, done.stderr
     return {record["ref"]: record for record in json.loads(done.stdout)}, done.stderr
 
 
-def test_sensor_list_and_get_read_the_pack_files_and_say_the_state_is_unknown_without_a_serve(home: Path) -> None:
+def test_sensor_list_and_get_read_the_pack_files_and_say_the_state_is_unknown_without_a_serve(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`squall sensor list` was "No such command", and `pack list` shows no sensors. Without a `squall serve`
     the sensors are listed all the same, `state` null, and one stderr line says why; exit 0."""
+    squall = like_a_process(home, monkeypatch)
     _sensor_pack(home)
-    listed, said = _listed(home)
+    listed, said = _listed(squall)
     assert list(listed) == ["demo.Crash", "demo.Idle", "demo.Tick"]
     tick = listed["demo.Tick"]
     assert tick["pack"] == "demo" and tick["class_name"] == "Tick" and tick["enabled"] is True
@@ -79,38 +84,40 @@ def test_sensor_list_and_get_read_the_pack_files_and_say_the_state_is_unknown_wi
     lines = said.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("state unknown: no squall serve answers on"), said
 
-    assert list(_listed(home, "--pack", "demo")[0]) == list(listed)
-    missing = squall(home, "sensor", "list", "--pack", "nope")
+    assert list(_listed(squall, "--pack", "demo")[0]) == list(listed)
+    missing = squall("sensor", "list", "--pack", "nope")
     assert missing.returncode == 2 and "pack 'nope' is not loaded" in missing.stderr
 
-    table = squall(home, "sensor", "list")
+    table = squall("sensor", "list")
     assert table.returncode == 0 and "demo.Tick" in table.stdout and "unknown" in table.stdout
-    got = squall(home, "sensor", "get", "demo.Tick")
+    got = squall("sensor", "get", "demo.Tick")
     assert got.returncode == 0, got.stderr
     assert "\x1b" not in got.stdout and "\\x1b[2J" in got.stdout  # the pack's ESC shown, not sent
 
-    one = squall(home, "sensor", "get", "demo.Tick", "--json")
+    one = squall("sensor", "get", "demo.Tick", "--json")
     assert one.returncode == 0 and json.loads(one.stdout) == tick
     assert one.stderr.startswith("state unknown: no squall serve answers on")
 
-    typo = squall(home, "sensor", "get", "demo.Tik")
+    typo = squall("sensor", "get", "demo.Tik")
     assert typo.returncode == 2 and "sensor 'demo.Tik' is not loaded" in typo.stderr and "demo.Tick" in typo.stderr
 
 
-def test_sensor_list_and_get_show_the_state_restarts_and_last_exit_the_running_serve_knows(home: Path) -> None:
+def test_sensor_list_and_get_show_the_state_restarts_and_last_exit_the_running_serve_knows(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With `squall serve` running on this config's API, its state of each sensor is shown; `sensor get` of a
     crash-looping sensor says more than "failed": how often it restarted, what its last life died of, when it
     starts again (`GET /api/v1/sensortypes/{ref}`, from `SensorContainer.health`)."""
     _sensor_pack(home)
     config = home / "config.yml"
     config.write_text(config.read_text().replace("port: ", f"port: {free_port()}  # was ", 1))
+    squall = like_a_process(home, monkeypatch)  # the commands in this process, asking the serve's API
     server = subprocess.Popen([str(SQUALL), "-c", str(config), "serve"], cwd=home, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     try:
         wanted = {"demo.Crash": "failed", "demo.Idle": "stopped", "demo.Tick": "running"}
         deadline = time.monotonic() + 90
         while True:
-            listed, said = _listed(home)
+            listed, said = _listed(squall)
             states = {ref: record["state"] for ref, record in listed.items()}
             if states == wanted or time.monotonic() > deadline:
                 break
@@ -118,16 +125,16 @@ def test_sensor_list_and_get_show_the_state_restarts_and_last_exit_the_running_s
         assert states == wanted, (states, said)
         assert said == ""  # the state is known: nothing to say
 
-        done = squall(home, "sensor", "get", "demo.Crash", "--json")
+        done = squall("sensor", "get", "demo.Crash", "--json")
         assert done.returncode == 0 and done.stderr == "", done.stderr
         crash = json.loads(done.stdout)
         assert crash["state"] in ("failed", "starting") and crash["restart_count"] >= 1, crash
         assert crash["last_exit"].startswith("exited with status"), crash
         assert crash["last_exit"].endswith("RuntimeError: the broker refused us"), crash
-        tick = json.loads(squall(home, "sensor", "get", "demo.Tick", "--json").stdout)
+        tick = json.loads(squall("sensor", "get", "demo.Tick", "--json").stdout)
         assert tick["state"] == "running" and "restart_count" not in tick  # never restarted
 
-        table = squall(home, "sensor", "get", "demo.Crash")
+        table = squall("sensor", "get", "demo.Crash")
         assert table.returncode == 0 and "restarts" in table.stdout and "the broker refused us" in table.stdout
     finally:
         server.send_signal(signal.SIGTERM)

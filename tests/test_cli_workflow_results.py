@@ -8,12 +8,11 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import subprocess
 import time
 from typing import TYPE_CHECKING
 
 from tests.conftest import serving
-from tests.test_cli import SQUALL, in_process, succeeds
+from tests.test_cli import in_process, like_a_process, succeeds
 from tests.workflow_helpers import workflow_pack
 
 if TYPE_CHECKING:
@@ -191,15 +190,11 @@ def test_a_paused_workflow_names_its_inquiry_and_how_to_answer(home: Path, monke
         assert parent["status"] == "resuming", parent
 
 
-def test_an_answer_while_squall_serve_runs_says_no_more(home: Path) -> None:
+def test_an_answer_while_squall_serve_runs_says_no_more(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With `squall serve` running, it resumes the workflow: `inquiry respond` says it was answered, and
     nothing about waiting for a serve."""
     _pack(home)
-
-    def squall(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(SQUALL), "-c", str(home / "config.yml"), *args], capture_output=True,
-                              text=True, timeout=60, cwd=home)
-
+    squall = like_a_process(home, monkeypatch)
     paused = squall("run", "wf.asks")
     assert paused.returncode == 1, paused.stdout
     with serving(home):

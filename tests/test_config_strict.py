@@ -20,7 +20,7 @@ from adapters.base import AdapterConfigError
 from engine.config import CONFIG_ENV, ConfigError, load_config
 from engine.yamlfile import load_yaml
 from tests.conftest import write
-from tests.test_cli import squall
+from tests.test_cli import in_process, like_a_process, squall
 
 
 @pytest.fixture(autouse=True)
@@ -95,10 +95,11 @@ def test_merge_keys_and_equal_keys_in_different_mappings_are_no_duplicates(tmp_p
     assert routes["qa"] == {"adapter": "console", "channel": "qa"}
 
 
-def test_chat_with_a_section_written_twice_exits_2_without_running_anything(tmp_path: Path) -> None:
+def test_chat_with_a_section_written_twice_exits_2_without_running_anything(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write(tmp_path / "config.yml", DENY_THEN_ADMINS)
-    done = squall(tmp_path, "chat", stdin="!echo hi\n")
-    assert done.returncode == 2, done.stderr
+    done = in_process(tmp_path, monkeypatch)("chat", stdin="!echo hi\n")
+    assert done.exit_code == 2, done.stderr
     assert "duplicate key 'auth'" in done.stderr and "Traceback" not in done.stderr
     assert "Running" not in done.stdout
 
@@ -281,8 +282,8 @@ def test_check_api_address_names_the_key_for_settings_made_in_code(home: Path) -
     assert caught.value.exit_code == 2
 
 
-def test_worker_health_port_out_of_range_is_refused(home: Path) -> None:
-    done = squall(home, "worker", "--health-port", "70000", timeout=60)
+def test_worker_health_port_out_of_range_is_refused(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    done = like_a_process(home, monkeypatch)("worker", "--health-port", "70000")
     assert done.returncode == 2 and "--health-port" in done.stderr and "Traceback" not in done.stderr
 
 

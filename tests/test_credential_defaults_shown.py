@@ -23,7 +23,7 @@ from engine.packs import load_registry
 from tests.conftest import write
 from tests.test_chat import loopback_chat, settle
 from tests.test_chat_help import ask
-from tests.test_cli import squall
+from tests.test_cli import like_a_process
 from tests.test_http_secret_headers import _echo_server
 from tests.test_web_auth import Web, started_web
 
@@ -214,9 +214,10 @@ def test_a_format_s_credential_default_is_masked_whatever_the_secrets() -> None:
 
 # -- the CLI -------------------------------------------------------------------------------------------------
 
-def test_action_get_and_list_show_credential_defaults_masked(home: Path) -> None:
+def test_action_get_and_list_show_credential_defaults_masked(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _pack(home)
-    got = squall(home, "action", "get", "vault.creds", "--json")
+    squall = like_a_process(home, monkeypatch)
+    got = squall("action", "get", "vault.creds", "--json")
     assert got.returncode == 0, got.stderr
     assert not _leaked(got.stdout)
     parameters: dict[str, Any] = json.loads(got.stdout)["parameters"]
@@ -224,8 +225,8 @@ def test_action_get_and_list_show_credential_defaults_masked(home: Path) -> None
                                                 "Accept": "application/json"}
     assert parameters["url"]["default"] == "http://ann:********@127.0.0.1:9/echo"
     assert parameters["token"]["default"] == "********" and parameters["region"]["default"] == "eu-west-1"
-    table = squall(home, "action", "get", "vault.creds")
+    table = squall("action", "get", "vault.creds")
     assert table.returncode == 0 and "eu-west-1" in table.stdout and not _leaked(table.stdout)
-    listed = squall(home, "action", "list", "--pack", "vault", "--json")
+    listed = squall("action", "list", "--pack", "vault", "--json")
     assert listed.returncode == 0 and not _leaked(listed.stdout)
     assert json.loads(listed.stdout)[0]["parameters"]["url"]["default"] == "http://ann:********@127.0.0.1:9/echo"

@@ -26,14 +26,14 @@ from engine import datastore as datastore_module
 from engine.crypto import CryptoError, KeyRing
 from engine.datastore import Datastore
 from engine.storage import Store
-from tests.test_cli import SQUALL, audit_failing, audit_fails, audit_log, in_process, squall, succeeds
+from tests.test_cli import SQUALL, audit_failing, audit_fails, audit_log, in_process, like_a_process, succeeds
 
 SECRETS = {f"s{n}": f"value-{n}" for n in range(20)}
 
 
-def _load_secrets(home: Path) -> None:
+def _load_secrets(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (home / "keys.json").write_text(json.dumps([{"name": k, "value": v, "secret": True} for k, v in SECRETS.items()]))
-    loaded = squall(home, "key", "load", str(home / "keys.json"))
+    loaded = like_a_process(home, monkeypatch)("key", "load", str(home / "keys.json"))
     assert loaded.returncode == 0, loaded.stderr
 
 
@@ -41,9 +41,9 @@ def _ring(home: Path) -> list[str]:
     return [k["id"] for k in json.loads((home / "data" / "datastore.key").read_text())["keys"]]
 
 
-def _readable(home: Path) -> dict[str, str | None]:
+def _readable(home: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str | None]:
     """Every secret as `squall key list --decrypt` reads it now (None: it could not be decrypted)."""
-    listed = squall(home, "key", "list", "--decrypt", "--json")
+    listed = like_a_process(home, monkeypatch)("key", "list", "--decrypt", "--json")
     assert listed.returncode == 0, listed.stderr
     return {item["name"]: item["value"] for item in json.loads(listed.stdout)}
 
@@ -73,10 +73,11 @@ def _until(process: subprocess.Popen[str], text: str) -> list[str]:
     return lines
 
 
-def test_a_second_rotation_while_one_runs_is_refused_and_every_secret_stays_readable(home: Path) -> None:
+def test_a_second_rotation_while_one_runs_is_refused_and_every_secret_stays_readable(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two `squall key rotate` at once: each added a key and then kept only the file's first key, which was the
     other's; the key the first rotation had sealed every secret under was dropped, and all of them were lost."""
-    _load_secrets(home)
+    _load_secrets(home, monkeypatch)
     old = _ring(home)
     command = [str(SQUALL), "-c", str(home / "config.yml"), "key", "rotate"]
     with sqlite_write_lock(home / "data" / "squall.db") as lock:
@@ -95,7 +96,7 @@ def test_a_second_rotation_while_one_runs_is_refused_and_every_secret_stays_read
     assert "retired 1 old key(s)" in out
     [new] = _ring(home)
     assert new != old[0] and f"under key {new}" in out
-    assert _readable(home) == SECRETS
+    assert _readable(home, monkeypatch) == SECRETS
 
 
 #: `squall` with one change: the loop's first database call that swaps re-encrypted secrets in meets
@@ -118,10 +119,11 @@ main()
 """
 
 
-def test_a_rotation_whose_database_call_is_run_again_adds_its_key_once(home: Path) -> None:
+def test_a_rotation_whose_database_call_is_run_again_adds_its_key_once(home: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """The rotation ran as one database call, and a call that met a lock is run again: the key was added
     twice, and a retire made inside it could go before the re-encrypted secrets were committed."""
-    _load_secrets(home)
+    _load_secrets(home, monkeypatch)
     old = _ring(home)
     done = subprocess.run([sys.executable, "-c", _ONCE_LOCKED, "-c", str(home / "config.yml"), "key", "rotate"],
                           cwd=home, capture_output=True, text=True, timeout=60)
@@ -130,7 +132,7 @@ def test_a_rotation_whose_database_call_is_run_again_adds_its_key_once(home: Pat
     assert "retired 1 old key(s)" in done.stdout
     [new] = _ring(home)
     assert new != old[0] and f"re-encrypted {len(SECRETS)} secrets under key {new}" in done.stdout
-    assert _readable(home) == SECRETS
+    assert _readable(home, monkeypatch) == SECRETS
 
 
 def test_a_rotation_whose_audit_event_fails_re_encrypts_and_retires_nothing(home: Path,
@@ -209,32 +211,35 @@ def test_retiring_keeps_the_key_the_rotation_sealed_under_and_only_drops_the_one
     assert KeyRing(path).key_ids() == [later, new]
 
 
-def test_a_missing_key_file_is_not_replaced_while_the_database_holds_secrets(home: Path) -> None:
+def test_a_missing_key_file_is_not_replaced_while_the_database_holds_secrets(home: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """With the key file gone, the next secret stored made a new key: sealed under a key lost again as soon as
     the operator restored the file from the backup."""
-    assert squall(home, "key", "set", "db_password", "hunter22", "--encrypt").returncode == 0
+    squall = like_a_process(home, monkeypatch)
+    assert squall("key", "set", "db_password", "hunter22", "--encrypt").returncode == 0
     key_file = home / "data" / "datastore.key"
     backup = key_file.read_bytes()
     key_file.unlink()
 
-    for refused in (squall(home, "key", "set", "other", "z", "--encrypt"), squall(home, "key", "rotate")):
+    for refused in (squall("key", "set", "other", "z", "--encrypt"), squall("key", "rotate")):
         assert refused.returncode == 2, refused.stdout + refused.stderr
         assert str(key_file) in refused.stderr and "restore it" in refused.stderr, refused.stderr
         assert "key system:db_password" in refused.stderr  # what the database holds sealed, for the operator to see
         assert not key_file.exists()
-    assert squall(home, "key", "set", "plain", "fine").returncode == 0  # nothing to seal: no key needed
+    assert squall("key", "set", "plain", "fine").returncode == 0  # nothing to seal: no key needed
 
     key_file.write_bytes(backup)
-    assert squall(home, "key", "get", "db_password", "--decrypt").stdout.strip() == "hunter22"
-    assert squall(home, "key", "get", "other").returncode == 2  # never stored under a key that would be lost
+    assert squall("key", "get", "db_password", "--decrypt").stdout.strip() == "hunter22"
+    assert squall("key", "get", "other").returncode == 2  # never stored under a key that would be lost
 
 
-def test_a_fresh_database_gets_its_key_at_first_use(home: Path) -> None:
+def test_a_fresh_database_gets_its_key_at_first_use(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    squall = like_a_process(home, monkeypatch)
     key_file = home / "data" / "datastore.key"
     assert not key_file.exists()
-    assert squall(home, "key", "set", "first", "s3cret", "--encrypt").returncode == 0
+    assert squall("key", "set", "first", "s3cret", "--encrypt").returncode == 0
     assert len(_ring(home)) == 1
-    assert squall(home, "key", "get", "first", "--decrypt").stdout.strip() == "s3cret"
+    assert squall("key", "get", "first", "--decrypt").stdout.strip() == "s3cret"
 
 
 #: `squall` with one change: the value `late-secret` is sealed (under the key the file holds then) and the
@@ -279,13 +284,13 @@ def _until_ended_or_waiting(process: subprocess.Popen[str], deadline: float) -> 
 
 
 @pytest.mark.parametrize("writer", ["set", "load"])
-def test_a_secret_sealed_under_the_old_key_and_stored_during_a_rotation_stays_readable(home: Path,
-                                                                                         writer: str) -> None:
+def test_a_secret_sealed_under_the_old_key_and_stored_during_a_rotation_stays_readable(
+        home: Path, writer: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """`squall key set --encrypt` (or `key load`) sealed its value under the old key just before a rotation
     added the new one and stored it just after the rotation had read the secrets: the rotation then retired
     the old key, and that value could never be read again. The rotation now waits for such a write to end
     before it reads the secrets, so the value is re-encrypted with the rest."""
-    _load_secrets(home)
+    _load_secrets(home, monkeypatch)
     old = _ring(home)
     signals = home / "signals"
     signals.mkdir()
@@ -315,7 +320,7 @@ def test_a_secret_sealed_under_the_old_key_and_stored_during_a_rotation_stays_re
                 process.wait()
     assert sealing.returncode == 0, written
     assert rotation.returncode == 0, rotated
-    assert _readable(home) == {**SECRETS, "late": "late-secret"}
+    assert _readable(home, monkeypatch) == {**SECRETS, "late": "late-secret"}
     assert "waiting for the secrets being stored now" in rotated[1]  # it waited for the writer, which then stored
     assert "retired 1 old key(s)" in rotated[0]
     [new] = _ring(home)

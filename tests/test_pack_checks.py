@@ -20,7 +20,7 @@ from engine.config import SYSTEM_PACKS_PATH
 from engine.packs import ContentWarning, load_registry
 from engine.sensors import SensorContainer, SensorSpec, _Running
 from tests.conftest import write
-from tests.test_cli import squall
+from tests.test_cli import like_a_process
 from tests.test_rules import make_pack, started
 from tests.test_sensors import eventually, run_sensors
 
@@ -59,11 +59,12 @@ def _files(problems: list[dict[str, Any]]) -> set[str]:
     return {"/".join(Path(p["file"]).parts[-2:]) for p in problems}
 
 
-def test_pack_reload_reports_what_serve_skips_and_exits_1(home: Path) -> None:
+def test_pack_reload_reports_what_serve_skips_and_exits_1(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`pack reload` said 'loaded 5 packs' and exited 0 though a rule and an alias named a missing action;
     neither it nor `pack list` named the policy of an unknown `policy_type` or the sensor without its class."""
+    squall = like_a_process(home, monkeypatch)
     broken_pack(home)
-    reloaded = squall(home, "pack", "reload")
+    reloaded = squall("pack", "reload")
     assert reloaded.returncode == 1, reloaded.stderr
     assert "4 pack files skipped" in reloaded.stdout
     for file in BROKEN_FILES:
@@ -71,9 +72,9 @@ def test_pack_reload_reports_what_serve_skips_and_exits_1(home: Path) -> None:
     assert "unknown policy_type 'action.concurrencyy'" in reloaded.stderr
     assert 'class_name "NoSuchClass" is not defined in sensors/s.py' in reloaded.stderr
 
-    document = json.loads(squall(home, "pack", "reload", "--json").stdout)
+    document = json.loads(squall("pack", "reload", "--json").stdout)
     assert len(document["errors"]) == 4 and document["warnings"] == []
-    listed = squall(home, "pack", "list", "--json")
+    listed = squall("pack", "list", "--json")
     assert listed.returncode == 0, listed.stderr
     assert set(BROKEN_FILES) <= _files(json.loads(listed.stdout)["problems"])
 
@@ -303,6 +304,8 @@ def test_an_alias_format_with_unbalanced_braces_loads_with_a_warning(home: Path,
     from bot.chat.index import AliasIndex
     from engine.packs import ContentWarning
 
+    squall = like_a_process(home, monkeypatch)
+
     monkeypatch.chdir(home)  # problems name files as the CLI does, from the working folder
     _alias_pack(home, '\n  - "restart {{host}"\n  - "stop host}}"\n  - "start {{host}}"\n')
     registry = load_registry([home / "packs"], home / "configs", SYSTEM_PACKS_PATH)
@@ -327,12 +330,12 @@ def test_an_alias_format_with_unbalanced_braces_loads_with_a_warning(home: Path,
     assert len(said) == 2, said
     assert all(line.startswith("alias warning: packs/q/aliases/restart.yaml:") for line in said), said
 
-    listed = squall(home, "pack", "list")
+    listed = squall("pack", "list")
     assert listed.returncode == 0, listed.stderr
     tail = listed.stdout[listed.stdout.index("warnings ("):]
     assert "packs/q/aliases/restart.yaml:4: format \"restart {{host}\"" in tail, listed.stdout
     assert "problems (pack content that did not load)" not in listed.stdout
-    reloaded = squall(home, "pack", "reload")
+    reloaded = squall("pack", "reload")
     assert reloaded.returncode == 0 and "warning: packs/q/aliases/restart.yaml:4:" in reloaded.stderr, reloaded
 
 
@@ -341,6 +344,7 @@ def test_a_pack_version_that_is_not_semver_is_a_warning(home: Path, monkeypatch:
     dot as `X.Y.0` first (Exchange packs still say `0.1`), so only what that leaves unversioned is said."""
     from engine.packs import ContentWarning
 
+    squall = like_a_process(home, monkeypatch)
     monkeypatch.chdir(home)
     packs = home / "packs"
     for ref, version in (("bad", "one.two"), ("short", "0.1"), ("float", "1.0"), ("pre", "1.2.3-rc.1+b5"),
@@ -353,7 +357,7 @@ def test_a_pack_version_that_is_not_semver_is_a_warning(home: Path, monkeypatch:
     assert "version 'one.two' is not semantic versioning" in warned["packs/bad/pack.yaml", 4]
     assert all(isinstance(p, ContentWarning) for p in registry.errors)
 
-    reloaded = squall(home, "pack", "reload", "--json")
+    reloaded = squall("pack", "reload", "--json")
     assert reloaded.returncode == 0, reloaded.stderr  # nothing was skipped
     assert len(json.loads(reloaded.stdout)["warnings"]) == 2
 
@@ -370,22 +374,24 @@ async def test_serve_logs_each_skipped_rule_once(home: Path, caplog: pytest.LogC
     assert len(said) == 1 and said[0].startswith("pack content skipped:"), said
 
 
-def test_rule_list_says_each_rule_problem_once(home: Path) -> None:
+def test_rule_list_says_each_rule_problem_once(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    squall = like_a_process(home, monkeypatch)
     broken_pack(home)
-    listed = squall(home, "rule", "list")
+    listed = squall("rule", "list")
     assert listed.returncode == 0, listed.stderr
     said = [line for line in listed.stderr.splitlines() if "packs/p/rules/r.yaml" in line]
     assert len(said) == 1 and said[0].startswith("rule skipped:"), listed.stderr
     assert "pol.yaml" not in listed.stderr and "al.yaml" not in listed.stderr  # not every pack problem
 
 
-def test_a_command_unrelated_to_packs_says_nothing_of_them(home: Path) -> None:
+def test_a_command_unrelated_to_packs_says_nothing_of_them(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`execution get` printed every pack problem as raw timestamped log lines of the start-up."""
+    squall = like_a_process(home, monkeypatch)
     broken_pack(home)
-    ran = squall(home, "run", "core.noop", "--json")
+    ran = squall("run", "core.noop", "--json")
     assert ran.returncode == 0, ran.stderr
     assert "packs/p/rules/r.yaml" in ran.stderr and " WARNING " not in ran.stderr  # run says them, once, as a CLI
-    got = squall(home, "execution", "get", json.loads(ran.stdout)["id"])
+    got = squall("execution", "get", json.loads(ran.stdout)["id"])
     assert got.returncode == 0, got.stderr
     assert got.stderr == "", got.stderr
 
@@ -412,18 +418,20 @@ async def test_a_reload_says_each_problem_once_and_how_many_files_it_skipped(hom
     assert len(said) == 1 and said[0].startswith("pack content skipped:"), said
 
 
-def test_a_pack_config_file_not_there_is_said_as_missing_and_skips_nothing(home: Path) -> None:
+def test_a_pack_config_file_not_there_is_said_as_missing_and_skips_nothing(home: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """A StackStorm pack moved over with its config left in /opt/stackstorm/configs (`packs.configs_path` at
     its default): every command warned "pack content skipped: configs/ops.yaml: config of pack 'ops': (top
     level): 'api_url' is a required property" and `pack reload` exited 1, though the file does not exist and
     the pack and its actions loaded. StackStorm registers such a pack; so the warning says the file is not
     there, where to point `packs.configs_path`, and what the actions get, and skips nothing."""
+    squall = like_a_process(home, monkeypatch)
     pack = home / "packs" / "ops"
     write(pack / "pack.yaml", PACK_YAML.format(version="1.0.0").replace("p", "ops", 2))
     write(pack / "actions" / "a.yaml", "name: a\nrunner_type: noop\n")
     write(pack / "config.schema.yaml", "api_url: {type: string, required: true}\nregion: {type: string, default: eu}\n")
 
-    reloaded = squall(home, "pack", "reload", "--json")
+    reloaded = squall("pack", "reload", "--json")
     assert reloaded.returncode == 0, reloaded.stdout + reloaded.stderr  # nothing was skipped
     document = json.loads(reloaded.stdout)
     assert document["errors"] == [] and "ops" in document["packs"]
@@ -431,7 +439,7 @@ def test_a_pack_config_file_not_there_is_said_as_missing_and_skips_nothing(home:
     assert warning.startswith("configs/ops.yaml: no config file for pack 'ops'"), warning  # run in home
     assert "packs.configs_path" in warning and "/opt/stackstorm/configs" in warning and "api_url" in warning
 
-    ran = squall(home, "run", "ops.a")
+    ran = squall("run", "ops.a")
     assert ran.returncode == 0, ran.stderr
     said = [line for line in ran.stderr.splitlines() if "ops.yaml" in line]
     assert len(said) == 1 and "no config file for pack 'ops'" in said[0], ran.stderr

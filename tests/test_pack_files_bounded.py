@@ -17,7 +17,6 @@ import json
 import os
 import pickle
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,8 +30,7 @@ from engine.packs import load_registry
 from engine.yamlfile import ContentInvalid, load_yaml
 from tests.conftest import write
 from tests.pgcluster import free_port
-
-SQUALL = Path(sys.executable).parent / "squall"
+from tests.test_cli import like_a_process
 
 #: The reviewer's `actions/boom.yaml`: nine lists of ten aliases of the one before (10^9 strings).
 BOMB = "name: boom\nrunner_type: local-shell-cmd\nparameters:\n  cmd: {default: echo hi}\n" + "".join(
@@ -129,11 +127,6 @@ def test_the_lines_kept_for_the_pack_cache_hold_an_anchor_once(tmp_path: Path) -
 # -- 2. credentials in a git URL are said nowhere ----------------------------------------------------
 
 
-def squall(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(SQUALL), "-c", str(home / "config.yml"), *args], capture_output=True, text=True,
-                          timeout=300, cwd=home)
-
-
 def test_one_rule_strips_credentials_for_the_cli_and_the_web() -> None:
     from bot.web import packs as web_packs
 
@@ -181,30 +174,31 @@ def served_repository(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
 
 @pytest.mark.integration
 def test_pack_install_from_the_cli_keeps_a_urls_credentials_out_of_audit_and_output(
-        home: Path, served_repository: str) -> None:
+        home: Path, served_repository: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The audit log goes to exports and sinks (a SIEM): the token was in `cli.pack.install`'s source."""
+    squall = like_a_process(home, monkeypatch)
     secret = "ghp_SECRETTOKEN123"
     login = f"http://deploy:{secret}@{served_repository.removeprefix('http://')}"
     shown = f"http://***@{served_repository.removeprefix('http://')}"
 
-    installed = squall(home, "pack", "install", f"{login}/demo.git=v1.0.0")
+    installed = squall("pack", "install", f"{login}/demo.git=v1.0.0")
     said = installed.stdout + installed.stderr
     assert "installed demo 1.0.0" in installed.stdout, said
     assert installed.returncode == 1 and "requirement failed" in installed.stderr, said  # the index-less pip
     assert secret not in said and f"cloning {shown}/demo.git at v1.0.0" in said, said
     assert f"squall pack install {shown}/demo.git=v1.0.0` again" in said, said
-    as_json = squall(home, "pack", "install", f"{login}/demo.git=v1.0.0", "--json")
+    as_json = squall("pack", "install", f"{login}/demo.git=v1.0.0", "--json")
     assert secret not in as_json.stdout + as_json.stderr
     assert json.loads(as_json.stdout)["requirements_failed"][0]["advice"].endswith(
         f"`squall pack install {shown}/demo.git=v1.0.0` again")
     # what the virtualenv records for a Python action's error (`incomplete_virtualenv_reason`) too
     assert secret not in "".join(path.read_text() for path in (home / "data" / "virtualenvs").rglob("*.json"))
 
-    missing = squall(home, "pack", "install", f"{login}/nope.git=v1.0.0")
+    missing = squall("pack", "install", f"{login}/nope.git=v1.0.0")
     assert missing.returncode == 2 and "git clone" in missing.stderr, missing.stderr
     assert secret not in missing.stdout + missing.stderr and f"{shown}/nope.git" in missing.stderr
 
-    exported = squall(home, "audit", "export").stdout
+    exported = squall("audit", "export").stdout
     assert secret not in exported
     sources = [event["detail"]["source"] for event in map(json.loads, exported.splitlines())
                if event["event"] == "cli.pack.install"]
@@ -236,7 +230,8 @@ def test_an_install_hidden_by_a_pack_earlier_in_the_paths_fails_naming_it(tmp_pa
         install_pack(str(source), tmp_path / "C", configs, venvs, lambda _: None, pack_paths=[first, second])
 
 
-def test_pack_install_from_the_cli_is_refused_when_another_copy_would_hide_it(tmp_path: Path) -> None:
+def test_pack_install_from_the_cli_is_refused_when_another_copy_would_hide_it(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     home = tmp_path / "home"
     write(home / "config.yml", f"""
         database:
@@ -249,14 +244,15 @@ def test_pack_install_from_the_cli_is_refused_when_another_copy_would_hide_it(tm
     """)
     _pack(home / "A", "demo", "1.0.0")
     source = _pack(tmp_path / "src", "demo", "1.2.0")
+    squall = like_a_process(home, monkeypatch)
 
-    done = squall(home, "pack", "install", str(source))
+    done = squall("pack", "install", str(source))
     assert done.returncode == 2, done.stdout + done.stderr
     assert "installed demo" not in done.stdout, done.stdout
     assert f"Squall loads demo 1.0.0 from {home / 'A' / 'demo'}" in done.stderr, done.stderr
     assert not (home / "B" / "demo").exists()
-    listed = json.loads(squall(home, "pack", "list", "--json").stdout)
+    listed = json.loads(squall("pack", "list", "--json").stdout)
     assert [(p["version"], p["path"]) for p in listed["packs"] if p["ref"] == "demo"] == \
         [("1.0.0", str(home / "A" / "demo"))]
-    assert not [e for e in map(json.loads, squall(home, "audit", "export").stdout.splitlines())
+    assert not [e for e in map(json.loads, squall("audit", "export").stdout.splitlines())
                 if e["event"] == "cli.pack.install"]  # nothing changed: nothing to audit

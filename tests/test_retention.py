@@ -42,8 +42,7 @@ from engine.storage import (
 )
 from tests.conftest import write
 from tests.pgcluster import free_port
-from tests.test_cli import audit_failing, audit_fails, in_process, succeeds
-from tests.test_cli import squall as squall_cli
+from tests.test_cli import audit_failing, audit_fails, in_process, like_a_process, succeeds
 
 NOW = datetime.now(UTC)
 CUTOFF = NOW - timedelta(days=10)
@@ -638,20 +637,21 @@ def _cli_history(home: Path) -> Store:
     return store
 
 
-def test_cli_execution_purge_asks_for_yes_then_deletes_and_audits(home: Path) -> None:
+def test_cli_execution_purge_asks_for_yes_then_deletes_and_audits(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    squall_cli = like_a_process(home, monkeypatch)
     store = _cli_history(home)
     try:
-        unasked = squall_cli(home, "execution", "purge", "--before", "10d", stdin="")
+        unasked = squall_cli("execution", "purge", "--before", "10d", stdin="")
         assert unasked.returncode == 2
         assert "--yes" in unasked.stderr and "2 executions" in unasked.stderr
         assert len(column(store, executions, "id")) == 4
 
-        one = squall_cli(home, "execution", "purge", "--before", "10d", "--action", "core.http", "--yes")
+        one = squall_cli("execution", "purge", "--before", "10d", "--action", "core.http", "--yes")
         assert one.returncode == 0, one.stderr
         assert "deleted 1 execution" in one.stdout
         assert column(store, executions, "id") == ["new-ok", "old-ok", "old-running"]
 
-        rest = squall_cli(home, "execution", "purge", "--before", "10d", "--yes", "--include-incomplete")
+        rest = squall_cli("execution", "purge", "--before", "10d", "--yes", "--include-incomplete")
         assert rest.returncode == 0, rest.stderr
         assert "deleted 2 executions, 1 output chunk" in rest.stdout
         assert column(store, executions, "id") == ["new-ok"]
@@ -661,26 +661,28 @@ def test_cli_execution_purge_asks_for_yes_then_deletes_and_audits(home: Path) ->
                 for a in reversed(audited)] == [(1, "core.http", False), (2, None, True)]
         assert audited[0]["detail"]["output_chunks"] == 1 and audited[0]["detail"]["before"].endswith("Z")
 
-        nothing = squall_cli(home, "execution", "purge", "--before", "10d", "--yes")
+        nothing = squall_cli("execution", "purge", "--before", "10d", "--yes")
         assert nothing.returncode == 0 and "no executions" in nothing.stdout
     finally:
         store.close()
 
 
 @pytest.mark.parametrize("before", ["yesterday", "2999-01-01"])
-def test_cli_purge_refuses_a_bad_before(home: Path, before: str) -> None:
+def test_cli_purge_refuses_a_bad_before(home: Path, before: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    squall_cli = like_a_process(home, monkeypatch)
     for command in (("execution", "purge"), ("trigger-instance", "purge"), ("audit", "purge")):
-        done_ = squall_cli(home, *command, "--before", before, "--yes")
+        done_ = squall_cli(*command, "--before", before, "--yes")
         assert done_.returncode == 2
         assert "error: --before" in done_.stderr and "Traceback" not in done_.stderr
 
 
-def test_cli_trigger_instance_purge(home: Path) -> None:
+def test_cli_trigger_instance_purge(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    squall_cli = like_a_process(home, monkeypatch)
     store = _cli_history(home)
     try:
-        unasked = squall_cli(home, "trigger-instance", "purge", "--before", "10d", stdin="")
+        unasked = squall_cli("trigger-instance", "purge", "--before", "10d", stdin="")
         assert unasked.returncode == 2 and "--yes" in unasked.stderr
-        purged = squall_cli(home, "trigger-instance", "purge", "--before", "10d", "--yes")
+        purged = squall_cli("trigger-instance", "purge", "--before", "10d", "--yes")
         assert purged.returncode == 0, purged.stderr
         assert "deleted 1 trigger instance" in purged.stdout
         assert [row["status"] for row in store.trigger_instance_list()] == ["pending"]
@@ -689,20 +691,22 @@ def test_cli_trigger_instance_purge(home: Path) -> None:
         store.close()
 
 
-def test_cli_audit_purge_asks_then_deletes_and_leaves_its_own_entry(home: Path) -> None:
+def test_cli_audit_purge_asks_then_deletes_and_leaves_its_own_entry(home: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    squall_cli = like_a_process(home, monkeypatch)
     store = _cli_history(home)
     try:
         insert(store, audit, [entry("chat.command", 40), entry("chat.command", 2)])
-        unasked = squall_cli(home, "audit", "purge", "--before", "10d", stdin="")
+        unasked = squall_cli("audit", "purge", "--before", "10d", stdin="")
         assert unasked.returncode == 2
         assert "--yes" in unasked.stderr and "1 audit log entry" in unasked.stderr
-        purged = squall_cli(home, "audit", "purge", "--before", "10d", "--yes")
+        purged = squall_cli("audit", "purge", "--before", "10d", "--yes")
         assert purged.returncode == 0, purged.stderr
         assert "deleted 1 audit log entry" in purged.stdout
         assert [a["timestamp"] > CUTOFF for a in store.audit_list(event="chat.command")] == [True]
         [own] = store.audit_list(event="cli.audit.purge")
         assert own["detail"]["audit_entries"] == 1 and own["detail"]["before"].endswith("Z")
-        again = squall_cli(home, "audit", "purge", "--before", "10d", "--yes")
+        again = squall_cli("audit", "purge", "--before", "10d", "--yes")
         assert again.returncode == 0 and "no audit log entries" in again.stdout
     finally:
         store.close()

@@ -18,7 +18,7 @@ from procrastinate import exceptions as procrastinate_exceptions
 from engine.config import CONFIG_ENV, load_config
 from engine.logs import configure
 from tests.conftest import free_port, write
-from tests.test_cli import squall
+from tests.test_cli import like_a_process, squall
 from tests.test_scaleout import _home
 
 #: Not this machine's address (TEST-NET-1, RFC 5737): binding it fails as a foreign --health-host does.
@@ -54,8 +54,9 @@ def _one_line(stderr: str) -> str:
 
 # -- 1. a health port the worker cannot listen on --------------------------------------------------------
 
-def test_a_busy_health_port_is_refused_in_one_line_before_the_database(unreachable: Path, held_port: int) -> None:
-    done = squall(unreachable, "worker", "--health-port", str(held_port), timeout=60)
+def test_a_busy_health_port_is_refused_in_one_line_before_the_database(unreachable: Path, held_port: int,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    done = like_a_process(unreachable, monkeypatch)("worker", "--health-port", str(held_port))
     assert done.returncode == 3, done.stderr
     line = _one_line(done.stderr)
     assert f"--health-port {held_port}: cannot listen on 127.0.0.1:{held_port} (in use, or not this machine's " \
@@ -63,9 +64,9 @@ def test_a_busy_health_port_is_refused_in_one_line_before_the_database(unreachab
     assert "--health-host" in line  # and what would do instead
 
 
-def test_a_foreign_health_host_is_refused_in_one_line(unreachable: Path) -> None:
+def test_a_foreign_health_host_is_refused_in_one_line(unreachable: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     port = free_port()
-    done = squall(unreachable, "worker", "--health-port", str(port), "--health-host", FOREIGN, timeout=60)
+    done = like_a_process(unreachable, monkeypatch)("worker", "--health-port", str(port), "--health-host", FOREIGN)
     assert done.returncode == 3, done.stderr
     assert f"cannot listen on {FOREIGN}:{port}" in _one_line(done.stderr)
 
@@ -93,8 +94,8 @@ def test_serve_still_refuses_a_busy_api_port(home: Path, held_port: int) -> None
 # -- 2. --queues naming no queue -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("value", ["", " , ", ","])
-def test_queues_naming_no_queue_is_refused(unreachable: Path, value: str) -> None:
-    done = squall(unreachable, "worker", "--queues", value, timeout=60)
+def test_queues_naming_no_queue_is_refused(unreachable: Path, value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    done = like_a_process(unreachable, monkeypatch)("worker", "--queues", value)
     assert done.returncode == 2, done.stderr
     line = _one_line(done.stderr)
     assert f"--queues {value!r} names no queue" in line

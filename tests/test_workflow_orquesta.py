@@ -922,17 +922,13 @@ tasks:
 """
 
 
-def test_cli_tree_and_rerun_from_the_failed_task(home: Path, tmp_path: Path) -> None:
+def test_cli_tree_and_rerun_from_the_failed_task(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import json
-    import subprocess
-    import sys
+
+    from tests.test_cli import like_a_process
 
     workflow_pack(home, {"fixable": ("orquesta", "marker: {type: string}", FIXABLE)})
-    squall_cli = Path(sys.executable).parent / "squall"
-
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(squall_cli), "-c", str(home / "config.yml"), *args], capture_output=True,
-                              text=True, timeout=60, cwd=home)
+    cli = like_a_process(home, monkeypatch)
 
     marker = tmp_path / "fixed"
     failed = cli("run", "wf.fixable", f"marker={marker}", "--json")
