@@ -804,10 +804,16 @@ class ExecutionService:
         except asyncio.CancelledError:
             if _resumable(runner) and getattr(self.executor, "closing", False):
                 return  # a workflow stays `running`: it is conducted on from its stored children
-            await asyncio.shield(sink.close())
             kept = getattr(runner, "interrupted_result", None)  # what a workflow did so far (tasks, output)
-            await asyncio.shield(self._finish(record, self._interrupted(kept(record["id"]) if kept else None),
-                                              _scrubbable(secrets, request.revealed)))
+
+            async def cut_short() -> None:
+                await sink.close()
+                await self._finish(record, self._interrupted(kept(record["id"]) if kept else None),
+                                   _scrubbable(secrets, request.revealed))
+
+            # One shield for both: a second cancel (the poll's `_cancel_here`, seeing `canceling`) landing
+            # between two of them skipped `_finish`, and the execution stayed `canceling` for ever.
+            await asyncio.shield(cut_short())
             return
         except Exception as exc:
             outcome = RunOutcome("failed", {"error": str(exc), "traceback": traceback.format_exc()})

@@ -78,7 +78,8 @@ class LocalExecutor:
         task = self._tasks.get(execution_id)
         if task is None:
             return False
-        task.cancel()
+        if not task.cancelling():  # a second cancel would cut its clean-up short: wait for the first's
+            task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.shield(task)
         return True
