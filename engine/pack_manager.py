@@ -352,8 +352,11 @@ def _complete_families(venv: Path, requirements: Path, progress: Progress, pack:
     the members the virtualenv has pinned to their versions. A member that cannot be installed does not
     fail the install: the pack's requirements are all there, and only code that imports that member can
     meet the mismatch, so it is said, with what to do."""
-    ours = _distributions([sysconfig.get_paths()["purelib"]])
     theirs = _distributions([str(site) for site in venv.glob("lib/python*/site-packages")])
+    members = {_normal(name) for family in PACKAGE_FAMILIES for name in family}
+    if not members & theirs.keys():
+        return  # most packs: no member of any family, and Squall's own site-packages need not be read
+    ours = _distributions([sysconfig.get_paths()["purelib"]])
     for family in PACKAGE_FAMILIES:
         keys = {_normal(name): name for name in family}
         present = [f"{keys[key]}=={theirs[key]}" for key in keys if key in theirs]
