@@ -37,6 +37,11 @@ RULES = [f"demo.r{n}" for n in range(1, 7)]
 def six_rules(home: Path, database_url: str) -> Path:
     """Six rules on `demo.event`, on SQLite (where the enforcement commits with its request) and on
     PostgreSQL (where it is stored right after)."""
+    return with_six_rules(home, database_url)
+
+
+def with_six_rules(home: Path, database_url: str) -> Path:
+    """`home` with six rules on `demo.event` (`RULES`), on `database_url`, the API off."""
     write(home / "config.yml", f"database:\n  url: '{database_url}'\npacks:\n  paths: [packs]\n"
                                "api:\n  enabled: false\n")
     make_pack(home, {ref.split(".")[1]: rule(ref.split(".")[1], params="{message: '{{ trigger.n }}'}")

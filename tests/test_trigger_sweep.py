@@ -18,20 +18,15 @@ import pytest
 
 from bot.service import POLL_SECONDS, PURGE_SECONDS, Housekeeping
 from engine import triggers
-from tests.conftest import write
 from tests.test_reaper_clock import Monotonic
-from tests.test_rules import make_pack, rule, started
-from tests.test_trigger_recovery import RULES, _acted, _instance_row
+from tests.test_rules import started
+from tests.test_trigger_recovery import RULES, _acted, _instance_row, with_six_rules
 
 
 @pytest.fixture
 def six_rules(home: Path, tmp_path: Path) -> Path:
     """Six rules on `demo.event`, on SQLite."""
-    write(home / "config.yml", f"database:\n  url: 'sqlite:///{tmp_path / 'squall.db'}'\npacks:\n  paths: [packs]\n"
-                               "api:\n  enabled: false\n")
-    make_pack(home, {ref.split(".")[1]: rule(ref.split(".")[1], params="{message: '{{ trigger.n }}'}")
-                     for ref in RULES})
-    return home
+    return with_six_rules(home, f"sqlite:///{tmp_path / 'squall.db'}")
 
 
 @pytest.fixture
