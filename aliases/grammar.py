@@ -189,7 +189,7 @@ class Prepared:
     `core` is the stream stripped and `words` its whitespace-separated words. The message's matching
     budget (`MATCH_BUDGET`, deviation 12) is the time its regex runs take, over every format it is
     tried with: the matching thread's CPU time from its first regex run on, so waiting for the GIL or
-    a core is not counted.
+    a core is not counted, nor is making a format's regex (`not_counting`).
     """
 
     __slots__ = ("_backwards", "_budget", "_lead", "_started", "core", "pairs", "stream", "text", "words")
@@ -231,6 +231,14 @@ class Prepared:
         if self._started < 0:
             self._started = now
         return self._budget - (now - self._started)
+
+    def not_counting(self, since: float) -> None:
+        """Leave the CPU time since `since` (a `time.thread_time()` reading) out of the budget: a format's
+        pre-check or bounded regex made while this message is matched (the first also imports `regex`,
+        20-30 ms). That is the format's cost, paid once, not the message's: counted, the first command
+        that needed `regex` on a busy machine was refused as too complex."""
+        if self._started >= 0:
+            self._budget += time.thread_time() - since
 
 
 class _Scanner:
@@ -962,15 +970,18 @@ class _Variant:
         self._check: _Check | None = None
         self._fast: bool | None = None
 
-    @property
-    def check(self) -> _Check:
+    def _checked(self, prepared: Prepared) -> _Check:
         if self._check is None:
+            since = time.thread_time()
             self._check = _build_check(self.pattern)
+            prepared.not_counting(since)
         return self._check
 
-    def _compiled(self) -> Any:
+    def _compiled(self, prepared: Prepared) -> Any:
         if self._engine is None:
+            since = time.thread_time()
             self._engine = _compile(self.pattern.pattern, re.DOTALL)
+            prepared.not_counting(since)
         return self._engine
 
     def search(self, prepared: Prepared, fmt: str) -> Any:
@@ -978,26 +989,27 @@ class _Variant:
         pre-check or the regex says there is none; `MessageTooComplex` when the budget runs out."""
         stream = prepared.stream
         if len(stream) >= CHECKED_FROM:
-            if not self.check.possible(prepared):
+            if not self._checked(prepared).possible(prepared):
                 return None
         elif self._fast is None:
             self._fast = _runs_on_re(self.pattern)
+        engine = None if self._fast and len(stream) < CHECKED_FROM else self._compiled(prepared)
         left = prepared.time_left()
         if left <= 0:
             raise MessageTooComplex(fmt, prepared.text)
-        if self._fast and len(stream) < CHECKED_FROM:
+        if engine is None:
             return self.pattern.search(stream)
         try:
             # Positional (the cheaper call); `concurrent` False: the GIL is kept, so that the timeout,
             # which `regex` counts on the wall clock, is not spent by other threads meanwhile.
-            return self._compiled().search(stream, 0, None, False, False, left)
+            return engine.search(stream, 0, None, False, False, left)
         except TimeoutError:
             raise MessageTooComplex(fmt, prepared.text) from None
 
     def finditer(self, prepared: Prepared, fmt: str) -> Iterator[Any]:
         """`finditer` within the message's budget. `regex` times each step of an iteration alone, so
         after each non-empty fit the search starts afresh where it ended, as `finditer` goes on."""
-        if len(prepared.stream) >= CHECKED_FROM and not self.check.possible(prepared):
+        if len(prepared.stream) >= CHECKED_FROM and not self._checked(prepared).possible(prepared):
             return
         pos = 0
         while True:
@@ -1014,12 +1026,13 @@ class _Variant:
         """One `finditer` from `pos`: each of its steps may take what was left of the budget when it
         began, and none starts past the budget (a second step follows only an empty fit)."""
         fits = None
+        engine = self._compiled(prepared)
         while True:
             left = prepared.time_left()
             if left <= 0:
                 raise MessageTooComplex(fmt, prepared.text)
             if fits is None:
-                fits = self._compiled().finditer(prepared.stream, pos, concurrent=False, timeout=left)
+                fits = engine.finditer(prepared.stream, pos, concurrent=False, timeout=left)
             try:
                 found = next(fits, None)
             except TimeoutError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import random
 import re
 import time
@@ -478,7 +479,8 @@ def regex_runs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The format regexes run (`search` / `finditer`), one entry each; the pre-check is not counted."""
     runs: list[str] = []
     compiled = grammar._Variant._compiled
-    monkeypatch.setattr(grammar._Variant, "_compiled", lambda variant: _Counting(compiled(variant), runs))
+    monkeypatch.setattr(grammar._Variant, "_compiled",
+                        lambda variant, prepared: _Counting(compiled(variant, prepared), runs))
     return runs
 
 
@@ -646,6 +648,43 @@ def test_the_pre_check_lets_through_what_the_regex_matches(fmt: str, message: st
     assert len(prepare(message).stream) >= grammar.CHECKED_FROM
     assert compile_format(fmt).regex.search(prepare(message).stream) is not None
     assert extract_parameters(fmt, message) is not None
+
+
+def _burning(make: Any, seconds: float) -> Any:
+    """`make`, after spending `seconds` of this thread's CPU time (as the first `import regex` does, 20-30 ms
+    on an idle machine and more on a busy one)."""
+
+    def slow(*args: Any) -> Any:
+        until = time.thread_time() + seconds
+        while time.thread_time() < until:
+            pass
+        return make(*args)
+
+    return slow
+
+
+@pytest.mark.parametrize("made", ["_compile", "_build_check"])
+def test_making_a_formats_regex_is_not_spent_from_the_messages_budget(monkeypatch: pytest.MonkeyPatch,
+                                                                       request: pytest.FixtureRequest,
+                                                                       made: str) -> None:
+    # The first command that needed `regex` imported it within its budget: on a busy machine, a short
+    # command was refused as too complex. Each case's formats are new, so their regexes are made while a
+    # message is matched: a `match_multiple` format's as its clock starts, a second format's after the
+    # first's regex ran (a short message, and a long one, which has the pre-check made too).
+    monkeypatch.setattr(grammar, made, _burning(getattr(grammar, made), grammar.MATCH_BUDGET * 1.5))
+    gc.collect()  # a collection of this test process's heap, within a message's matching, spends its budget
+    gc.disable()
+    request.addfinalizer(gc.enable)
+    tag = f"{made}{time.monotonic_ns()}"
+    duplicate = rf"(?:\b|^)dup{tag} of (?P<key>[A-Z]+-[0-9]+)(?:\b|$)"
+    assert extract_multiple(duplicate, f"dup{tag} of AB-1 and dup{tag} of XY-22") == [{"key": "AB-1"},
+                                                                                     {"key": "XY-22"}]
+    for text in (f"scale{tag} a b to 5", f"scale{tag} " + "web " * 40 + "to 5"):  # a short and a long one
+        first, second = (compile_format(f"scale{tag} {{{{a}}}} {middle}to {{{{n:d}}}}") for middle in ("{{b}} ", ""))
+        prepared = prepare(text)
+        assert first.extract(prepared)["n"] == 5  # its regex ran: the clock runs when the second's is made
+        assert second.extract(prepared)["n"] == 5
+        assert prepared.time_left() > grammar.MATCH_BUDGET / 2
 
 
 def test_threads_busy_beside_the_matching_one_do_not_spend_its_budget() -> None:
