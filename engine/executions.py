@@ -87,6 +87,9 @@ _ORIGIN = frozenset({"user", "api_user", "source", "source_channel", "action_ali
 _NOT_RERUN = _ORIGIN | {"policies"}
 #: `poll` also sweeps what dead Squall processes on this machine left running, every this many calls.
 _SWEEP_POLLS = 30
+#: Polls in a row that find a `canceling` execution of this process with nothing here running it before the
+#: poll ends it (`_end_unheld_cancel`): a run's claim and its task are made a moment apart.
+UNHELD_POLLS = 3
 #: An end the database failed to store (`_stored_end`) is tried again after the first of these many
 #: seconds, the wait doubling up to the second, for as long as it takes.
 END_RETRY_SECONDS = (0.5, 30.0)
@@ -371,6 +374,8 @@ class ExecutionService:
         #: Executions `recover` left to Squall processes of other hosts (PostgreSQL): host -> how many.
         self.foreign_owners: dict[str, int] = {}
         self._polls = 0
+        #: `canceling` executions of this process the last polls found nothing here running: id -> polls.
+        self._unheld: dict[str, int] = {}
         self._waiters: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
         # Finished here lately: wait() answers from memory instead of reading the record back.
         self._recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
@@ -1755,6 +1760,7 @@ class ExecutionService:
         if not shared:
             await self._submit_due_elsewhere()
         ended_above_parent: dict[str, dict[str, Any] | None] = {}  # this poll's answers: siblings ask once
+        unheld, self._unheld = self._unheld, {}
         for row in rows:
             if row["status"] in taken:
                 if row.get("parent") and await self._canceled_under_ended(row, ended_above_parent):
@@ -1767,11 +1773,32 @@ class ExecutionService:
                     for runner in {id(r): r for r in self.runners.values() if _resumable(r)}.values():
                         await runner.pause(row["id"])
             elif (row.get("runner_info") or {}).get("pid") == os.getpid():
-                await self._cancel_here(row["id"])
+                if not await self._cancel_here(row["id"]):
+                    await self._end_unheld_cancel(row, unheld.get(row["id"], 0) + 1)
             elif self.owner_state_of(row.get("runner_info")) == "gone":
                 record = await self.db(self.db.store.get_execution, row["id"])
                 if record is not None and record["status"] == "canceling":
                     await self._cancel_orphan(record)
+
+    async def _end_unheld_cancel(self, row: Mapping[str, Any], polls: int) -> None:
+        """End `canceled` a `canceling` execution this process owns that nothing here runs, once `polls` (the
+        polls in a row that found it so) reaches `UNHELD_POLLS`. Its run's task is gone without writing the end (a
+        second cancel once cut a clean-up short so): nobody else ends what a live process owns, and it stayed
+        `canceling` for ever. Under the scale-out executor the jobs' reaper ends what a worker left."""
+        if getattr(self.executor, "shared", False) or self.owner_state_of(row.get("runner_info")) != "here":
+            return
+        if polls < UNHELD_POLLS:
+            self._unheld[row["id"]] = polls
+            return
+        record = await self.db(self.db.store.get_execution, row["id"])
+        if record is None or record["status"] != "canceling" or row["id"] in self.executor.running:  # type: ignore[union-attr]
+            return
+        log.warning("execution %s was canceling, and nothing in this process ran it any more; it ends canceled",
+                    row["id"])
+        await self.complete(row["id"], "canceled", {
+            **(record.get("result") or {}), **(await self._kept_result(record) or {}),
+            "error": "canceled by request; its run in this process had stopped without recording its end"},
+            ("canceling",))
 
     async def _submit_due_elsewhere(self) -> None:
         """Submit the top-level `delayed` rows whose clock is due and that no timer here holds (`_due_elsewhere`):

@@ -2,7 +2,8 @@
 row `canceling` and calls `_cancel_here` again) still records its end. Before, the second cancel landed between
 the live output's close and `_finish`, which it skipped: the task ended, nothing wrote the end, and every later
 poll found no task to stop, so the execution stayed `canceling` for ever (seen once in CI, through the web UI's
-bulk cancel)."""
+bulk cancel). And the poll's safety net for what such a race leaves: a `canceling` execution of this process
+that nothing here runs any more."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import engine.executions as executions_module
 import engine.output as output
 from bot.app import Squall
 from tests.conftest import write
@@ -59,3 +61,23 @@ def config_home(home: Path) -> Path:
           cmd: {default: sleep 60, immutable: true}
     """)
     return home
+
+
+async def test_a_canceling_execution_this_process_no_longer_runs_is_ended_by_the_poll(squall: Squall) -> None:
+    # What that race left: `canceling`, owned by this very process, and no task here to stop. Nobody else
+    # ends what a live process owns; the poll ends it once a few polls in a row found nothing running it.
+    done = await squall.executions.wait((await squall.executions.request("core.noop", {}))["id"])
+    store = squall.executions.db.store
+    stored = await squall.executions.db(store.get_execution, done["id"])
+    left = {**stored, "id": "0" * 23 + "1", "status": "canceling", "end_timestamp": None,
+            "runner_info": dict(squall.executions.owner), "result": None}
+    await squall.executions.db(store.insert_execution, left)
+    for _ in range(executions_module.UNHELD_POLLS - 1):
+        await squall.executions.poll()
+        # a claim and its task are made a moment apart: not yet
+        assert (await squall.executions.get(left["id"]))["status"] == "canceling"
+    await squall.executions.poll()
+    ended = await squall.executions.get(left["id"])
+    assert ended["status"] == "canceled"
+    assert "stopped without recording its end" in ended["result"]["error"]
+    assert ended["log"][-1]["status"] == "canceled"
