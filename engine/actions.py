@@ -56,8 +56,9 @@ class Action:
     #: `approval:` (a Squall extension), checked by `approval_policy`: chat holds the action until approved.
     approval: dict[str, Any] | None = None
 
-    @property
+    @cached_property
     def ref(self) -> str:
+        """`pack.name`, made once, as `runner_parameter_names` (a request asks three times)."""
         return f"{self.pack}.{self.name}"
 
     @property
@@ -82,6 +83,39 @@ class Action:
     def secret_names(self) -> frozenset[str]:
         """The names of its `secret: true` parameters (made once, as `runner_parameter_names`)."""
         return frozenset(name for name, spec in self.parameters.items() if spec.get("secret"))
+
+    @cached_property
+    def immutable_names(self) -> frozenset[str]:
+        """The names of its `immutable: true` parameters (made once, as `runner_parameter_names`)."""
+        return frozenset(name for name, spec in self.parameters.items() if spec.get("immutable"))
+
+    @cached_property
+    def templated_defaults(self) -> frozenset[str]:
+        """The names of its parameters whose `default` is a template (made once, as `runner_parameter_names`):
+        every request asks whether it has anything to render (`engine.parameters.needs_rendering`, `resolve`),
+        and most actions have none."""
+        from engine.parameters import has_template  # (that module imports this one)
+
+        return frozenset(name for name, spec in self.parameters.items()
+                         if "default" in spec and has_template(spec["default"]))
+
+    @cached_property
+    def plain_types(self) -> dict[str, tuple[type, ...]]:
+        """For each parameter whose spec asks nothing but its type, the Python types of its values
+        (`engine.parameters.plain_types`): made once, as `runner_parameter_names`."""
+        from engine.parameters import plain_types  # (that module imports this one)
+
+        return plain_types(self.parameters)
+
+    @cached_property
+    def shown_as_given(self) -> bool:
+        """Whether a request's values are stored and shown exactly as resolved: no `secret` parameter, and
+        none whose value `mask_value` may mask (`headers`, `cookies`, `env`, a URL: `MASKED_NAMES`), so
+        nothing is masked, sealed nor scrubbed unless something decrypted was revealed
+        (`engine.executions._shown_values`). Made once, as `runner_parameter_names`."""
+        from engine.parameters import MASKED_NAMES  # (that module imports this one)
+
+        return not self.secret_names and not any(name in MASKED_NAMES for name in self.parameters)
 
     def summary(self) -> dict[str, Any]:
         """The record shown by `squall action list/get --json` and the API."""

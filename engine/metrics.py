@@ -59,9 +59,10 @@ _FOLD_AT = 1_000
 
 def source_of(context: Mapping[str, Any] | None) -> str:
     """Where an execution came from: chat, web, api, cli, rule, timer or workflow (its task)."""
-    context = context or {}
-    trigger = (context.get("trigger_instance") or {}).get("name")
-    if trigger in _TIMERS:
+    if not context:
+        return "api"
+    instance = context.get("trigger_instance")  # (none, most: no empty mapping made to look in)
+    if instance and instance.get("name") in _TIMERS:
         return "timer"
     if context.get("rule"):
         return "rule"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import functools
 import json
 import math
 import re
@@ -48,11 +49,12 @@ class Resolution:
     templates: dict[str, str] = field(default_factory=dict)
 
 
-def _has_template(value: Any) -> bool:
+def has_template(value: Any) -> bool:
+    """Whether `value` (a text, or a list or object in its JSON) holds `{{` or `{%`."""
     if isinstance(value, str):
         return "{{" in value or "{%" in value
     if isinstance(value, dict | list):
-        return _has_template(json.dumps(value))
+        return has_template(json.dumps(value))
     return False
 
 
@@ -69,13 +71,15 @@ def needs_rendering(action: Action, supplied: Mapping[str, Any], render: bool | 
     """Whether `resolve` would render a template for this request: a templated default it keeps, or a
     supplied value that `render` names and that holds `{{`/`{%`. Requests that render nothing skip the
     thread hop that rendering takes (`ExecutionService.request`)."""
-    renders = _rendered_names(supplied, render)
-    for name, spec in action.parameters.items():
+    for name in action.templated_defaults:  # made once per loaded action: most have none
+        if supplied.get(name) is None:
+            return True
+    if not render:  # most requests: nothing supplied renders
+        return False
+    schema = action.parameters
+    for name in _rendered_names(supplied, render):
         value = supplied.get(name)
-        if value is not None:
-            if name in renders and _has_template(value):
-                return True
-        elif "default" in spec and _has_template(spec["default"]):
+        if value is not None and name in schema and has_template(value):
             return True
     return False
 
@@ -94,6 +98,10 @@ def check_storable(name: str, value: Any, spec: Mapping[str, Any], *, masked: bo
     reads it back as null), a whole number past 64 bits, a lone UTF-16 surrogate (not storable as
     UTF-8), or lists and objects nested deeper than `MAX_VALUE_DEPTH`. `masked`: quote the value as a
     secret's, although its spec is not one (it was rendered from a decrypted datastore value)."""
+    kind = type(value)
+    if value is None or kind is bool or (kind is str and value.isascii()) or (
+            kind is int and MIN_INTEGER <= value <= MAX_INTEGER):
+        return  # most values: nothing to look into (every request checks each of its parameters)
     secret = bool(spec.get("secret")) or masked
 
     def shown(number: float) -> str:
@@ -288,6 +296,8 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 def _check_names(action: Action, supplied: Mapping[str, Any]) -> None:
     """Every supplied name is one of the action's parameters, and none is immutable."""
     schema = action.parameters
+    if supplied.keys() <= schema.keys() and action.immutable_names.isdisjoint(supplied):
+        return  # most requests: two set comparisons, no list made
     unknown = [name for name in supplied if name not in schema]
     if unknown:
         hints = []
@@ -299,9 +309,9 @@ def _check_names(action: Action, supplied: Mapping[str, Any]) -> None:
             f"unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(hints)} for action "
             f'"{action.ref}"; it accepts: {accepted}'
         )
-    immutable = sorted(n for n in supplied if schema[n].get("immutable"))
+    immutable = [n for n in supplied if schema[n].get("immutable")]
     if immutable:
-        raise ParameterError(f"Override of immutable parameter(s) {immutable} is unsupported.")
+        raise ParameterError(f"Override of immutable parameter(s) {sorted(immutable)} is unsupported.")
 
 
 def check_unrendered(action: Action, supplied: Mapping[str, Any], render: bool | Collection[str] = False) -> None:
@@ -342,25 +352,30 @@ def resolve(action: Action, supplied: Mapping[str, Any], context: Mapping[str, A
     raw: dict[str, Any] = {}
     live: list[str] = []
     renders = _rendered_names(supplied, render)
+    templated = action.templated_defaults
     literal: set[str] = set()
     for name, spec in schema.items():
-        if supplied.get(name) is not None:
-            raw[name] = supplied[name]
+        given = supplied.get(name)
+        if given is not None:
+            raw[name] = given
             live.append(name)
             if name not in renders:
                 literal.add(name)
         elif "default" in spec:
             raw[name] = spec["default"]
-            if _has_template(spec["default"]):
+            if name in templated:
                 live.append(name)
         else:
             raw[name] = None
 
     env = env or build_environment()
-    pending = {name: value for name, value in raw.items() if name not in literal and _has_template(value)}
     masked: set[str] = set()
-    templates = {name: _template_text(value) for name, value in pending.items()}
-    values = {name: value for name, value in raw.items() if name not in pending}
+    if renders or templated:
+        pending = {name: value for name, value in raw.items() if name not in literal and has_template(value)}
+        templates = {name: _template_text(value) for name, value in pending.items()}
+        values = {name: value for name, value in raw.items() if name not in pending}
+    else:  # most requests: no templated default, nothing supplied renders, so nothing is pending
+        pending, templates, values = {}, {}, raw
     graph = {name: _dependencies(env, name, value, bool(schema[name].get("secret")))
              for name, value in pending.items()}
     for name, deps in graph.items():
@@ -400,12 +415,17 @@ def resolve(action: Action, supplied: Mapping[str, Any], context: Mapping[str, A
                 masked.add(name)
 
     for name, spec in schema.items():
-        hidden = name in masked or _holds(values.get(name), sensitive)
+        value = values.get(name)
+        hidden = name in masked or (bool(sensitive) and _holds(value, sensitive))
         if hidden:
             masked.add(name)
-        values[name] = cast(name, values.get(name), spec, masked=hidden)
+        if isinstance(value, str):  # (`cast` gives anything else back as it is)
+            value = cast(name, value, spec, masked=hidden)
+        values[name] = value
+        if value is None:
+            continue  # (nothing `check_storable` would look at: most parameters of most requests)
         try:
-            check_storable(name, values[name], spec, masked=hidden)
+            check_storable(name, value, spec, masked=hidden)
         except ParameterError:
             if name not in supplied:  # made from what the person gave? then name what they gave
                 for given in supplied.keys() & schema.keys():
@@ -536,13 +556,24 @@ def draft4(schema: Any) -> Any:
 def validate(action: Action, values: Mapping[str, Any], masked: Collection[str] = ()) -> None:
     """Required parameters present, and every present value valid for its schema (those named in
     `masked` never quoted)."""
+    owner = f'action "{action.ref}"'  # once, not per parameter: only an error quotes it
+    plain = action.plain_types
     for name, spec in action.parameters.items():
-        check_parameter(f'action "{action.ref}"', name, spec, values.get(name), masked=name in masked)
+        value = values.get(name)
+        if value is None:
+            if not spec.get("required"):
+                continue  # nothing `check_parameter` would look at (most parameters of most requests)
+        else:
+            types = plain.get(name)
+            if types is not None and isinstance(value, types) and (types is _BOOLEAN or not isinstance(value, bool)):
+                continue  # what `check_parameter` finds `_plain`, without the call nor the look at every key
+        check_parameter(owner, name, spec, value, masked=name in masked)
 
 
 #: JSON types whose check is an isinstance (a bool is none of them but `boolean`, as in JSON schema).
 _PLAIN_TYPES: dict[str, tuple[type, ...]] = {"string": (str,), "boolean": (bool,), "integer": (int,),
                                             "number": (int, float), "object": (dict,), "array": (list,)}
+_BOOLEAN = _PLAIN_TYPES["boolean"]
 _PLAIN_KEYS = _EXTENSION_KEYS | {"type"}
 #: Each parameter spec's validator, built once (a spec's id, kept alive with it, so ids are not reused).
 _VALIDATORS: dict[int, tuple[Mapping[str, Any], Any]] = {}
@@ -556,6 +587,14 @@ def _plain(spec: Mapping[str, Any], value: Any) -> bool:
     return (plain is not None and isinstance(value, plain)
             and (spec["type"] == "boolean" or not isinstance(value, bool))
             and all(key in _PLAIN_KEYS for key in spec))
+
+
+def plain_types(parameters: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[type, ...]]:
+    """For each parameter whose spec asks nothing but one type (`_plain`'s keys), the Python types of its
+    values (`Action.plain_types`, made once per loaded action: `validate` checks every request with it)."""
+    return {name: _PLAIN_TYPES[spec["type"]] for name, spec in parameters.items()
+            if isinstance(spec.get("type"), str) and spec["type"] in _PLAIN_TYPES
+            and all(key in _PLAIN_KEYS for key in spec)}
 
 
 def _validator(spec: Mapping[str, Any]) -> Any:
@@ -719,6 +758,13 @@ class _MaskedNames(frozenset[str]):
 #: Every parameter `mask_value` may show otherwise than given: where a credential hides though no spec
 #: says `secret`. Anything else is shown as it is, after one look-up here.
 MASKED_NAMES = _MaskedNames({*MASKED_MAPPINGS, URL_PARAMETER})
+
+
+@functools.lru_cache(maxsize=1024)
+def _masked_name(name: str) -> bool:
+    """`name in MASKED_NAMES`, kept for the parameter names lately asked about: `mask_value` asks for
+    every value of every request and audit row, and the test takes two Python calls."""
+    return name in MASKED_NAMES
 
 
 def shown_parameters(parameters: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -980,7 +1026,7 @@ def mask_value(name: str, value: Any) -> Any:
     masked, the password or token of a URL in a parameter `url_parameter` names (`mask_url`), anything else as
     it is. An object given as text comes back masked as an object when it held a credential, else as given:
     what changed is what must travel sealed (`ExecutionService._store`, `bot.chat.approvals`)."""
-    if name not in MASKED_NAMES:
+    if not isinstance(name, str) or not _masked_name(name):
         return value
     if url_parameter(name):
         return mask_url(value)

@@ -647,11 +647,14 @@ class PolicyExecutor:
 
     def _retry_policy(self, record: dict[str, Any]) -> tuple[Policy, int] | None:
         """The retry policy that retries this ended execution, and the retry's count; None if none does."""
+        policies = self.policies.get(record["action"])
+        if not policies:
+            return None  # most actions: no policy (every end asks)
         if record.get("parent"):
             return None  # inside workflows, retry is the workflow's (`retry:` on the task)
         if not _ran(record):
             return None  # refused before it ran (`ExecutionService.record_refused`): a retry is refused the same way
-        for policy in self.policies.get(record["action"], []):
+        for policy in policies:
             if policy.policy_type != "action.retry":
                 continue
             wanted = {"failure": ("failed", "abandoned"), "timeout": ("timeout",)}[policy.parameters["retry_on"]]
