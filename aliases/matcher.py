@@ -47,7 +47,8 @@ from engine.actions import Action
 __all__ = ["AliasMatch", "AliasMatchError", "AliasMatcher", "AmbiguousCommand", "CommandTooComplex", "NoMatch"]
 
 
-@dataclass
+# Made for every chat command: slotted (see docs/architecture.md, "Value objects").
+@dataclass(slots=True)
 class AliasMatch:
     """One alias format that fits a message, and the parameters it extracted (before casting)."""
 
@@ -65,7 +66,10 @@ class AliasMatch:
 
     @property
     def pairs(self) -> set[str]:
-        """Names given as trailing key=value pairs for which the format has no placeholder."""
+        """Names given as trailing key=value pairs for which the format has no placeholder (none
+        without parameters: asked twice of every command, `!ping` among them)."""
+        if not self.parameters:
+            return set()
         placeholders = compile_format(self.representation).placeholders
         return {name for name in self.parameters if name not in placeholders}
 
@@ -73,6 +77,8 @@ class AliasMatch:
     def authored(self) -> set[str]:
         """Names whose value is the format's own default (`{{ name = default }}`): a pack author's
         text, which renders as a template. Everything a person typed is data."""
+        if not self.parameters:
+            return set()
         placeholders = compile_format(self.representation).placeholders
         return {name for name, value in self.parameters.items()
                 if name in placeholders and placeholders[name].default is not None
@@ -86,7 +92,8 @@ class AliasMatch:
         datastore and a shell runner's `cmd`, which are added as written and render in the engine
         (`engine_immutables`), with the alias's context as names (`immutable_names`)."""
         check_overrides(self.alias, action, self.pairs)
-        return (inject_immutable(self.alias, dict(self.parameters), context, action=action),
+        # `inject_immutable` returns a new dict and changes nothing of what it is given: no copy first
+        return (inject_immutable(self.alias, self.parameters, context, action=action),
                 self.authored | engine_immutables(self.alias, action))
 
 

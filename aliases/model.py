@@ -18,6 +18,7 @@ import difflib
 import json
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import jinja2
@@ -80,8 +81,10 @@ class Alias:
     #: the command until enough approvers said yes; None leaves it to the action's own `approval`.
     approval: dict[str, Any] | None = None
 
-    @property
+    @cached_property
     def ref(self) -> str:
+        """`pack.name`, made once: a chat command asks about six times (a loaded alias never changes; a
+        pack reload loads new `Alias`es, and `dataclasses.replace` makes a new one)."""
         return f"{self.pack}.{self.name}"
 
     @property
@@ -363,11 +366,14 @@ def cast_alias_parameters(action: Action, params: Mapping[str, Any]) -> dict[str
     return result
 
 
-def check_overrides(alias: Alias, action: Action, names: Iterable[str]) -> None:
+def check_overrides(alias: Alias, action: Action, names: Collection[str]) -> None:
     """Refuse key=value pairs of a chat command that name a runner parameter (env, cwd, timeout,
     sudo, hosts...) the alias does not open with `allow_overrides`: a person in a channel may set
     the action's own parameters, not how and where it runs. One that a format of the alias names
-    (`run {{cmd}} on {{hosts}}`) is open: typing that format would set it all the same."""
+    (`run {{cmd}} on {{hosts}}`) is open: typing that format would set it all the same. A command
+    without pairs (most) has nothing to refuse, and builds none of these sets."""
+    if not names:
+        return
     runner = action.runner_parameter_names - set(alias.allow_overrides)
     if runner & set(names):
         runner -= alias.format_parameters
@@ -412,7 +418,10 @@ def shell_immutables(alias: Alias, action: Action | None) -> set[str]:
 def engine_immutables(alias: Alias, action: Action | None = None) -> set[str]:
     """The alias's immutable parameters that `inject_immutable` passes on as written, for the engine to
     render (the request names them in `render`): those that read the datastore (`datastore_immutables`)
-    and, with `action`, a shell runner's `cmd` (`shell_immutables`). The others render here."""
+    and, with `action`, a shell runner's `cmd` (`shell_immutables`). The others render here. An alias
+    without immutable parameters (most) has none, asked of every command."""
+    if not alias.immutable_parameters:
+        return set()
     return datastore_immutables(alias) | shell_immutables(alias, action)
 
 
@@ -425,8 +434,10 @@ def immutable_names(alias: Alias, render: Iterable[str], context: Mapping[str, A
     besides the action's parameters, which win where a name is both: what `inject_immutable` renders the
     others with (each key of `context`, `user`, `api_user`, `source_channel`..., and `__context`), for
     the request's `extra_template_context`. The engine keeps them with the execution, so its shell runner
-    and a re-run render the same. None when the request renders none of them (nothing changes)."""
-    if not set(render) & set(alias.immutable_parameters or {}):
+    and a re-run render the same. None when the request renders none of them (nothing changes), at once
+    for an alias without immutable parameters (most; every chat command asks)."""
+    immutable = alias.immutable_parameters
+    if not immutable or not set(render) & set(immutable):
         return None
     names = {"__context": dict(context), **context}
     return {name: value for name, value in names.items() if name not in _ENGINE_NAMES}

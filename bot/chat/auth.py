@@ -102,10 +102,13 @@ class Authorizer:
     def rules_for(self, alias: Any) -> dict[str, Any] | None:
         if getattr(alias, "permissions", None):
             return alias.permissions
+        if not self.rules:  # no config rules (the default): none to look up by ref or pack
+            return None
         return self.rules.get(alias.ref) or self.rules.get(alias.pack)
 
     def check(self, alias: Any, message: Message) -> Decision:
-        if self.is_admin(message):
+        # No admins configured (the default): nobody is one, and the sender's names are not made for it.
+        if self.admins and self.is_admin(message):
             return ALLOWED
         rules = self.rules_for(alias)
         if not rules:

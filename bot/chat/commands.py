@@ -150,9 +150,21 @@ class CommandService:
         """`match` with its alias as loaded now, if `message`'s sender may run it (`allowed_alias`);
         `CommandRefused` (audited) otherwise. Run what this returns: a match held across a pack
         reload (a confirmation, a form) names a copy of the alias the reload may have disabled,
-        removed or given other permissions."""
-        shown = self.masked(match, command or message.text)
-        alias = await self.allowed_alias(match.alias.ref, message, source, shown, match.representation)
+        removed or given other permissions. What the refusal's audit shows (`masked`) is made only for
+        a refusal, and an allowed command awaits nothing here."""
+        alias = self._allowed(match.alias.ref, message, match.representation)
+        if isinstance(alias, str):
+            shown = self.masked(match, command or message.text)
+            await self.refused(message, source, match.alias.ref, shown or message.text, alias)
+            raise CommandRefused(alias)
+        return match if alias is match.alias else replace(match, alias=alias)
+
+    def allowed(self, match: AliasMatch, message: Message) -> AliasMatch | None:
+        """`authorise`'s answer where `message`'s sender may run `match` (with its alias as loaded now),
+        without starting a coroutine; None where they may not, for `authorise` to refuse and audit."""
+        alias = self._allowed(match.alias.ref, message, match.representation)
+        if isinstance(alias, str):
+            return None
         return match if alias is match.alias else replace(match, alias=alias)
 
     async def authorise_all(self, matches: list[AliasMatch], message: Message, source: str,
@@ -168,10 +180,13 @@ class CommandService:
     def masked(self, match: AliasMatch, command: str) -> str:
         """`command` as a refusal's audit or a reply shows it (a "did you mean" offer): the values it gives
         secret parameters masked (the audit row, its sinks, `squall audit export` and the outbox keep it).
-        Every value, when the action is not loaded and which are secret cannot be told."""
+        Every value, when the action is not loaded and which are secret cannot be told. An action with
+        no secret parameter (most) shows the command as typed, without a look at each value."""
         action = self.engine.registry.actions.get(match.alias.action_ref)
+        if action is not None and not action.secret_names:
+            return command
         for name, value in match.parameters.items():
-            secret = action is None or bool((action.parameters.get(name) or {}).get("secret"))
+            secret = action is None or name in action.secret_names
             if secret and isinstance(value, str) and value:
                 command = command.replace(value, MASK)
         return command
@@ -183,27 +198,32 @@ class CommandService:
         `<source>.denied` with `command` (else the message's text) and the reason. Looked up at every
         use, never taken from a caller's copy: commands held for an answer, a form or approvers are
         refused as a newly typed one would be, whatever a pack reload changed meanwhile."""
+        alias = self._allowed(ref, message, representation)
+        if isinstance(alias, str):
+            await self.refused(message, source, ref, command or message.text, alias)
+            raise CommandRefused(alias)
+        return alias
+
+    def _allowed(self, ref: str, message: Message, representation: str) -> Alias | str:
+        """`allowed_alias`'s decision: the alias `ref` as loaded now, or why `message`'s sender may not run it."""
         alias = self.index.aliases.get(ref)
         if alias is None:
-            reason = f"the alias {ref} is no longer loaded (a pack reload removed it)"
-        elif not alias.enabled:
-            reason = f"the alias {ref} is disabled (enabled: false)"
-        elif representation and representation not in alias.representations:
-            reason = f'{ref} no longer has the format "{representation}"; send the command again'
-        else:
-            decision = self.auth.check(alias, message)
-            if decision.allowed:
-                return alias
-            reason = decision.reason
-        await self.refused(message, source, ref, command or message.text, reason)
-        raise CommandRefused(reason)
+            return f"the alias {ref} is no longer loaded (a pack reload removed it)"
+        if not alias.enabled:
+            return f"the alias {ref} is disabled (enabled: false)"
+        if representation and representation not in alias.representations:
+            return f'{ref} no longer has the format "{representation}"; send the command again'
+        decision = self.auth.check(alias, message)
+        return alias if decision.allowed else decision.reason
 
-    async def run(self, match: AliasMatch, message: Message, source: str,
-                  chat: dict[str, Any] | None = None, notify: dict[str, Any] | None = None) -> Accepted | Held:
+    def run(self, match: AliasMatch, message: Message, source: str, chat: dict[str, Any] | None = None,
+            notify: dict[str, Any] | None = None) -> Awaitable[Accepted | Held]:
         """Request the execution `match` means for `message`'s sender (audited as `<source>.execution`),
         or hold it for approvers (`Held`). `chat` is where results go back (adapter, channel, thread…),
         for commands from chat; `notify`, the execution's own notify for a relaying bot's route (the
-        API's `notification_route`), unless the action has one (`_notified`)."""
+        API's `notification_route`), unless the action has one (`_notified`). Await what it returns;
+        it refuses (`CommandRefused`, `CommandFailed`) as it is called. Not a coroutine of its own
+        around `request`'s or the holder's: every chat command comes here."""
         alias = match.alias
         context = self.context(alias, message, source, chat)
         action, parameters, render = self._parameters(match, context)
@@ -214,8 +234,8 @@ class CommandService:
                 raise CommandRefused(unapproved(alias.ref, policy))
             # a command that cannot run is refused now, not after its approvers said yes
             _checked(action, parameters, render)
-            return await self.holder(HeldRequest(alias, message, parameters, sorted(render), context, policy))
-        return await self.request(alias, message, source, parameters, render, context)
+            return self.holder(HeldRequest(alias, message, parameters, sorted(render), context, policy))
+        return self.request(alias, message, source, parameters, render, context)
 
     def check(self, match: AliasMatch, message: Message, source: str) -> None:
         """`CommandFailed` (in the request's words) when `match`'s parameters could not run: the check a
@@ -289,15 +309,16 @@ class CommandService:
                            {"action": alias.action_ref, "parameters": _audited(parameters, alias.action_ref,
                                                                                self.engine)})
         chat = context.get("chat")
-        acking = acks(alias)
-        ack = _Ack() if acking else _Ack(rendered=(None, {}))  # acks off: nothing to render or store
-        stored_with = self._ack(alias, chat, ack, preface) if acking and chat and self.outbox is not None else None
+        ack = _Ack() if acks(alias) else None  # acks off: nothing to render or store
+        stored_with = None if ack is None or not chat or self.outbox is None else self._ack(alias, chat, ack, preface)
         try:
             execution = await self.engine.executions.request(
                 alias.action_ref, parameters, context, render=render, audit=audit, stored_with=stored_with,
                 extra_template_context=immutable_names(alias, render, context))
         except (ParameterError, UnknownAction, ValueError) as exc:
             raise CommandFailed(str(exc)) from exc
+        if ack is None:
+            return Accepted(execution, None, {})
         if ack.rendered is None:  # not offered, or too long for the request's transaction (then not on the loop)
             ack.rendered = await rendered(render_ack, alias, execution, on_loop=not ack.too_long)
         text, extra = ack.rendered
@@ -386,7 +407,10 @@ def _unknown_pairs(match: AliasMatch, action: Action) -> None:
     action's immutable ones). Checked before the engine, whose error lists every parameter of the action
     and its runner: `!greet bob level=x` offered `cmd`, which the command path then refuses
     (`check_overrides`). A request through the API (`st2 run`) keeps the engine's error."""
-    unknown = sorted(name for name in match.pairs if name not in action.parameters)
+    pairs = match.pairs
+    if not pairs:  # most commands give none
+        return
+    unknown = sorted(name for name in pairs if name not in action.parameters)
     if not unknown:
         return
     closed = closed_parameters(match.alias, action)
@@ -425,6 +449,8 @@ def _audited(parameters: dict[str, Any], action_ref: str, engine: Engine) -> dic
     given, on the chat's hot path: no copy of the action's schema, no JSON round trip (but to read a
     `headers` or `cookies` object given as text)."""
     action = engine.registry.actions.get(action_ref)
-    schema = action.parameters if action is not None else {}
-    return {name: (MASK if value is not None and (action is None or (schema.get(name) or {}).get("secret"))
-                   else mask_value(name, value)) for name, value in parameters.items()}
+    if action is None:
+        return {name: MASK if value is not None else mask_value(name, value) for name, value in parameters.items()}
+    secret = action.secret_names
+    return {name: (MASK if value is not None and name in secret else mask_value(name, value))
+            for name, value in parameters.items()}

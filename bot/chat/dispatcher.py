@@ -74,12 +74,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 _YES = {"yes", "y", "confirm", "ok"}
 _NO = {"no", "n", "cancel", "abort"}
+#: Either answer to a confirmation: asked of every command's text, so made once, not a union per command.
+_ANSWERS = frozenset(_YES | _NO)
 #: What a person at a terminal types to end the session: taken only where the message's adapter has one to
 #: end (the console's `leave`) and no alias claims the word, as a built-in; elsewhere it stays unknown.
 _LEAVE = {"quit", "exit"}
 #: A confirmation button's value: the answer and the token of the prompt it sits on (`PendingConfirmation.token`),
 #: so a click on an older prompt can never confirm whatever the person was asked last.
 _CLICKED = re.compile(r"(yes|no):([0-9a-f]{16})")
+#: A span with tracing off (`tracing.span`'s own no-op is one reusable `nullcontext` too): the spans every
+#: command opens here are not asked for, nor their attributes gathered, when no span is recorded.
+_NO_SPAN = contextlib.nullcontext()
 
 
 @dataclass(slots=True)
@@ -274,7 +279,8 @@ def _as_now(asked: Message, sender: Message) -> Message:
     return replace(asked, user=sender.user, groups=list(sender.groups))
 
 
-@dataclass
+# Made for every message: slotted (see docs/architecture.md, "Value objects").
+@dataclass(slots=True)
 class _Lookup:
     """One message's alias lookup, made at most once however many steps ask: whether its text is a
     command amid waiting questions (`_names_command`) and which command it is (`_handle`). A match,
@@ -363,8 +369,8 @@ class Dispatcher:
         token = _handling.set(taken)
         try:
             with logging_context(adapter=message.adapter, channel=message.channel, user=message.user), \
-                    tracing.span("chat.message", adapter=message.adapter, channel=message.channel,
-                                 user=message.user):
+                    (tracing.span("chat.message", adapter=message.adapter, channel=message.channel, user=message.user)
+                     if tracing.enabled() else _NO_SPAN):
                 await self._handle_safely(message)
         finally:
             _handling.reset(token)
@@ -376,14 +382,15 @@ class Dispatcher:
             lookup = None if text is None else _Lookup(self.commands, text)
             adapter = self.adapters.get(message.adapter)
             # A confirmation's button click names its prompt: never an inquiry's answer or a form's.
-            clicked = text is not None and _CLICKED.fullmatch(text) is not None
+            clicked = text is not None and ":" in text and _CLICKED.fullmatch(text) is not None
             if not clicked:
                 _click_taken(message, None)
-            if not clicked and await self._inquiry_answer(message, text,
-                                                          adapter is None or adapter.capabilities.threads, lookup):
+            threaded = adapter is None or adapter.capabilities.threads
+            if not clicked and _may_answer_inquiry(message, text, threaded) \
+                    and await self._inquiry_answer(message, text, threaded, lookup):
                 return
             answers = not clicked and not self._command_amid_questions(message, lookup)
-            if answers and await self.forms.answer(message, text):
+            if answers and self.forms.may_answer(message) and await self.forms.answer(message, text):
                 return  # a question of a form asked in chat: answers need no prefix
             if text is None:
                 return  # chatter: the adapters pass every message on, the dispatcher decides
@@ -407,7 +414,7 @@ class Dispatcher:
         like button clicks and inquiry and form answers, which never reach this check). Admins count
         too: a channel's replies are paced the same whoever sent the commands."""
         assert self._flood is not None
-        if text.lower() in _YES | _NO and self._pending(message) is not None:
+        if text.lower() in _ANSWERS and self._pending(message) is not None:
             return False
         flooded = self._flood.check(message.adapter, message.user)
         if flooded is None:
@@ -435,7 +442,7 @@ class Dispatcher:
         if not self._explicit(message) or text.lower() in CANCEL:
             return False
         pending = self._pending(message) is not None
-        if text.partition(" ")[0].lower() == FORM_WORD or (pending and text.lower() in _YES | _NO):
+        if text.partition(" ")[0].lower() == FORM_WORD or (pending and text.lower() in _ANSWERS):
             return True
         return self._names_command(lookup) or self._leave(message, text) is not None
 
@@ -492,16 +499,16 @@ class Dispatcher:
                       held: PendingConfirmation | None = None) -> None:
         """Run what `text` (without its prefix) asks; `lookup` holds its alias match if an earlier step
         made it (`_names_command`). `held`: the "did you mean" offer whose `yes` this is (`run_matched`)."""
-        clicked = _CLICKED.fullmatch(text)
+        clicked = _CLICKED.fullmatch(text) if ":" in text else None  # a button's value has one; commands rarely
         if clicked is not None:  # a confirmation's button: it answers the prompt it sits on, or nothing
             await self._clicked(message, clicked[1] == "yes", clicked[2])
             return
         if message.clicked:
             await self._button(message, text)
             return
-        if text.lower() in _YES | _NO and await self._typed_answer(message, text.lower() in _YES):
+        if text.lower() in _ANSWERS and await self._typed_answer(message, text.lower() in _YES):
             return
-        if await self.forms.command(message, text):
+        if self.forms.names_form(message, text) and await self.forms.command(message, text):
             return
         if not text:
             await self.say(message, f"Yes? Try `{self.settings.prefix}help`.")
@@ -539,7 +546,7 @@ class Dispatcher:
             # A format's words without their values (`!echo`): asked for, as a missing parameter is.
             if await self.forms.bare(message, text):
                 return
-            if text.lower() in _YES | _NO:  # an answer with no prompt of theirs to answer: never "I don't know"
+            if text.lower() in _ANSWERS:  # an answer with no prompt of theirs to answer: never "I don't know"
                 await self._nothing_pending(message, text.lower())
                 return
             await self._unknown(message, text, exc.suggestions)
@@ -560,7 +567,9 @@ class Dispatcher:
             if more:
                 fits = await self.commands.authorise_all([match, *more], message, "chat", text)
             else:
-                fits = [await self.commands.authorise(match, message, "chat", text)]
+                # allowed: no coroutine; refused: `authorise` decides again (nothing awaited between), audits it
+                fit = self.commands.allowed(match, message)
+                fits = [fit if fit is not None else await self.commands.authorise(match, message, "chat", text)]
         except CommandRefused as exc:
             metrics.count(metrics.chat_commands, message.adapter, "denied")
             await self.say(message, f"Sorry {message.user}, you may not run that: {exc}.")
@@ -1069,16 +1078,19 @@ class Dispatcher:
             await self._store_result(execution, chat)
 
     def _result_replies(self, execution: dict[str, Any], chat: dict[str, Any]) -> tuple[list[Reply], list[Reply]]:
-        """(the result's replies, the ack's edits to the final status) in the command's thread."""
-        alias = self.aliases.get(chat.get("alias")) if chat.get("alias") else None
+        """(the result's replies, the ack's edits to the final status) in the command's thread. Every
+        chat command's result comes here: each `Reply` made with its fields named, no `where` dict."""
+        name = chat.get("alias")
+        alias = self.index.aliases.get(name) if name else None
         text, extra = render_result(alias, execution)
-        if text is not None:
-            text, extra = self._capped(chat["adapter"], text, extra, execution["id"])
-        where = {"adapter": chat["adapter"], "channel": chat["channel"], "thread": chat.get("thread")}
-        edits = self.adapters[chat["adapter"]].capabilities.edits
-        status = [Reply(**where, text=status_line(execution))] if edits else []
-        replies = [Reply(**where, text=text, extra=extra)] if text is not None else []
-        return replies, status
+        adapter_name, channel, thread = chat["adapter"], chat["channel"], chat.get("thread")
+        adapter = self.adapters[adapter_name]
+        status = ([Reply(adapter=adapter_name, channel=channel, thread=thread, text=status_line(execution))]
+                  if adapter.capabilities.edits else [])
+        if text is None:
+            return [], status
+        text, extra = capped(adapter, text, extra, execution["id"])
+        return [Reply(adapter=adapter_name, channel=channel, thread=thread, text=text, extra=extra)], status
 
     def _capped(self, adapter_name: str, text: str, extra: dict[str, Any],
                 execution_id: str) -> tuple[str, dict[str, Any]]:
@@ -1349,14 +1361,10 @@ class Dispatcher:
         choice a waiting question offers its sender (`squall: approve` on IRC where approve/deny is
         asked); chatter in the thread is no answer either: both are handled as usual. Whether it names
         a command is asked only where a question waits and the text fits it (`InquiryChat.typed`), and
-        the match is kept in `lookup` for `_handle`."""
+        the match is kept in `lookup` for `_handle`. Asked only of a message `_may_answer_inquiry` lets through."""
         if message.clicked:
             said = await self.inquiries.clicked(message, threaded)
         else:
-            if threaded and not message.thread:
-                return False
-            if not threaded and (text is None or not (message.mentioned or message.direct)):
-                return False  # `!command` stays a command
             command = functools.partial(self._names_command, lookup) if lookup and self._explicit(message) else None
             said = await self.inquiries.typed(message, message.text.strip() if text is None else text, threaded,
                                               command)
@@ -1427,6 +1435,18 @@ class Dispatcher:
         log.log(level, what, *args)
 
 
+def _may_answer_inquiry(message: Message, text: str | None, threaded: bool) -> bool:
+    """Whether `message` may be an inquiry's answer (`Dispatcher._inquiry_answer`): a click, or a message in a
+    thread (where there are threads), or one addressed to the bot where there are none (a bare "ok" in a busy
+    IRC channel approves nothing; `!command` stays a command). Asked before that coroutine, which most
+    messages, in no thread, need not start."""
+    if message.clicked:
+        return True
+    if threaded:
+        return bool(message.thread)
+    return text is not None and (message.mentioned or message.direct)
+
+
 def _apology(exc: Exception, doing: str = "handling") -> str:
     """What a person is told when handling their message failed for another reason than a failing or
     locked database (`database_trouble`, said through `say_unstored`): a database error by its kind
@@ -1479,6 +1499,9 @@ def _params(parameters: dict[str, Any]) -> str:
 
 
 def _result_span(execution: dict[str, Any], chat: dict[str, Any]) -> contextlib.AbstractContextManager[Any]:
-    """The trace span of storing a chat command's result, a child of the command's trace."""
+    """The trace span of storing a chat command's result, a child of the command's trace. With tracing
+    off (the default), the one no-op, without looking for the command's trace in its context."""
+    if not tracing.enabled():
+        return _NO_SPAN
     return tracing.span("chat.result", tracing.parent_of(execution.get("context")), execution_id=execution["id"],
                         adapter=chat["adapter"], channel=chat["channel"])

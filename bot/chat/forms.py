@@ -182,9 +182,17 @@ class ChatForms:
         exchange is a conversation); False when none is asked."""
         asking = self._asking.get((message.adapter, message.channel, message.user))
         if asking is None or time.time() > asking.expires or not same_sender(asking.origin, message):
+            if not (message.direct and self._lost):  # no form a restart closed: `_closed_by_restart` finds none
+                return False
             return await self._closed_by_restart(message)
         await self._answer(message, asking, message.text.strip() if text is None else text)
         return True
+
+    def may_answer(self, message: Message) -> bool:
+        """Whether `answer` may take `message`: a question was asked of its sender here (maybe expired), or a
+        private message may be told of a form a restart closed. Asked before `answer`'s coroutine, which
+        most messages (nobody is being asked) need not start."""
+        return (message.direct and bool(self._lost)) or (message.adapter, message.channel, message.user) in self._asking
 
     def asks(self, message: Message) -> bool:
         """Whether a question of a form waits for `message`'s sender's answer where it was sent, or, in
@@ -214,15 +222,19 @@ class ChatForms:
                                            f"nothing was run. Send {again} to fill it in again.")
         return True
 
+    @staticmethod
+    def names_form(message: Message, text: str) -> bool:
+        """Whether `text` is a `run-form` command (`command` answers it), or an empty slash command with
+        its trigger: asked before `command`'s coroutine, which every other command need not start."""
+        return (not text and bool(message.trigger)) or text.partition(" ")[0].lower() == WORD
+
     async def command(self, message: Message, text: str) -> bool:
         """`run-form NAME`: offer its form; `run-form` alone, or an empty slash command (which comes with
         a trigger to open a form), offers a pick of the commands the sender may run there. False for
         any other command."""
-        word, _, rest = text.partition(" ")
-        if not text and message.trigger:
-            word = WORD
-        if word.lower() != WORD:
+        if not self.names_form(message, text):
             return False
+        rest = text.partition(" ")[2]
         if not rest.strip():
             await self._pick(message)
             return True

@@ -60,7 +60,7 @@ import dataclasses
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Coroutine, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -308,16 +308,22 @@ class Outbox:
     def keyed(self, execution_id: str, key: str, replies: Sequence[Reply], *, adapter: str | None = None,
               channel: str | None = None, status: Sequence[Reply] = ()) -> Keyed | None:
         """`post_keyed`'s replies, fitted, ready to store (`Keyed.store`, in any transaction: the
-        result's is the execution's end's) and then to queue; None when there is nothing to store."""
-        status = [part for reply in status for part in self.parts(reply)]
+        result's is the execution's end's) and then to queue; None when there is nothing to store. Every
+        chat command's result comes here, most without status edits (no ack, or no edits): none fitted."""
         replies = [part for reply in replies for part in self.parts(reply)]
-        rows = [*keyed_rows("status", status), *keyed_rows(key, replies)]
+        if status:
+            status = [part for reply in status for part in self.parts(reply)]
+            rows = [*keyed_rows("status", status), *keyed_rows(key, replies)]
+        else:
+            rows = keyed_rows(key, replies)
         if not replies:
             if adapter is None or channel is None:
                 return None
             rows.append((adapter, channel, Reply(adapter=adapter, channel=channel, text="").to_json(), key,
                          "skipped"))
-        return Keyed(self, execution_id, key, rows, [*status, *replies], "ack" if status else None)
+        if not status:
+            return Keyed(self, execution_id, key, rows, replies, None)
+        return Keyed(self, execution_id, key, rows, [*status, *replies], "ack")
 
     def _stored(self, outbox_id: int) -> None:
         """Note an id this process stored. Ids below it it has not seen mean another process stored
@@ -465,7 +471,8 @@ class Outbox:
                 outbox_id, reply = queue.get_nowait()
             sent = None
             try:
-                await self._open.wait()
+                if not self._open.is_set():  # held (`hold=True`) until `release`: else no coroutine to wait on
+                    await self._open.wait()
                 sent = await self._deliver_one(adapter, outbox_id, reply)
             except Exception:
                 # Not delivered (a send that succeeds returns at once): a later poll queues it again.
@@ -503,20 +510,26 @@ class Outbox:
         if self._pending == 0:
             self._idle.set()
 
-    async def _send(self, adapter: Adapter, outbox_id: int, reply: Reply, edit_of: str | None) -> str | None:
-        """Send one stored row. A row stored where its adapter was not running (a CLI run) may be
-        longer than the platform takes: it is fitted now and its parts sent in order, each carrying
-        its `Part` (how far the row got, for `find_sent` after a crash); a retry, or a start that
-        found some parts posted, goes on after the last one, the rest split anew from where it
-        ended. The first part's id stands for the row."""
+    def _send(self, adapter: Adapter, outbox_id: int, reply: Reply, edit_of: str | None) -> Awaitable[str | None]:
+        """Send one stored row (await what this returns). A row stored where its adapter was not running (a
+        CLI run) may be longer than the platform takes: it is fitted now and its parts sent in order, each
+        carrying its `Part` (how far the row got, for `find_sent` after a crash); a retry, or a start that
+        found some parts posted, goes on after the last one, the rest split anew from where it ended. The
+        first part's id stands for the row. A row in one post (nearly every one) is the adapter's own send,
+        not a coroutine around it."""
         progress = self._progress.get(outbox_id)
         if progress is None:
             parts = fit(reply, adapter.capabilities)
             if len(parts) == 1:
-                return await adapter.send(parts[0], edit_of=edit_of)
+                return adapter.send(parts[0], edit_of=edit_of)
             progress = Progress(None, 0, 0)
         else:  # what is left of a row sent in parts goes on in parts (its file rode on the first)
             parts = fit(_rest(reply, progress.end), dataclasses.replace(adapter.capabilities, files=False))
+        return self._send_parts(adapter, outbox_id, reply, edit_of, parts, progress)
+
+    async def _send_parts(self, adapter: Adapter, outbox_id: int, reply: Reply, edit_of: str | None,
+                          parts: list[Reply], progress: Progress) -> str | None:
+        """`_send` of a row in `parts`, on from `progress`."""
         count = progress.number + len(parts)
         for part, end in zip(parts, _ends(reply.text, parts, progress.end), strict=True):
             number = progress.number + 1
@@ -595,11 +608,17 @@ class Outbox:
         self._sent_as(outbox_id, platform_id)
         return {"status": "sent", "platform_id": platform_id, "sent_at": utcnow(), "error": None, **fields}
 
-    async def _deliver_one(self, adapter: Adapter, outbox_id: int, reply: Reply) -> dict[str, Any] | None:
+    def _deliver_one(self, adapter: Adapter, outbox_id: int,
+                     reply: Reply) -> Coroutine[Any, Any, dict[str, Any] | None]:
         """Send one reply, retrying; returns the fields that record it sent, or None once it failed for good.
-        A reply stored in a trace is sent in a `chat.reply` span of it: the trace ends at the platform."""
+        A reply stored in a trace is sent in a `chat.reply` span of it: the trace ends at the platform. One
+        without (tracing off) is `_send_retrying` itself, not a coroutine around it: every reply comes here."""
         if reply.trace is None:
-            return await self._send_retrying(adapter, outbox_id, reply)
+            return self._send_retrying(adapter, outbox_id, reply)
+        return self._traced(adapter, outbox_id, reply)
+
+    async def _traced(self, adapter: Adapter, outbox_id: int, reply: Reply) -> dict[str, Any] | None:
+        """`_send_retrying` in a `chat.reply` span of the reply's trace."""
         with tracing.span("chat.reply", reply.trace, adapter=reply.adapter, outbox_id=outbox_id):
             return await self._send_retrying(adapter, outbox_id, reply)
 
