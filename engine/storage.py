@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -471,22 +471,45 @@ _DATETIME_COLUMNS = ("start_timestamp", "end_timestamp", "expire_at", "updated_a
                      "enforced_at", "created_at", "password_changed_at", "last_seen", "expires_at", "sent_at")
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
+#: The time now, in UTC. `datetime.now` bound to UTC in a partial, which is called in C: a function
+#: around it cost a Python frame on each of a chat command's six reads of the clock.
+utcnow: Callable[[], datetime] = functools.partial(datetime.now, UTC)
 
 
 def iso(value: datetime | None) -> str | None:
     """A stored time as StackStorm's APIs show it: ISO 8601 in UTC with a `Z` (None stays None), as
-    `isoformat` writes it (no fraction when the microseconds are 0). Squall's own times (UTC) take
-    their whole seconds from `_seconds`."""
+    `isoformat` writes it (no fraction when the microseconds are 0). Squall's own times (UTC) are
+    written once (`_texts`)."""
     if not value:
         return None
     if value.tzinfo is not UTC:
         return value.isoformat().replace("+00:00", "Z")
+    return (_TEXTS.get(value) or _texts(value))[1]
+
+
+#: (SQLite's text, ISO 8601's) of the UTC datetimes lately written, by datetime: see `_texts`.
+_TEXTS: dict[datetime, tuple[str, str]] = {}
+#: How many `_TEXTS` keeps before it starts again: enough for the datetimes of the commands in flight
+#: (a chat command's come back after those of ~100 others were written, at 100 in flight).
+_TEXTS_KEPT = 2048
+
+
+def _texts(value: datetime) -> tuple[str, str]:
+    """A UTC datetime as SQLite stores it ("2026-12-03 15:06:13.717850", as SQLAlchemy's DATETIME bind
+    processor writes it) and as `iso` writes it ("2026-12-03T15:06:13.717850Z"), kept (`_TEXTS`): a
+    chat command writes its datetimes eleven times, five of them a datetime written before (its
+    start stored, then shown), and looking one up by the datetime (whose hash the datetime keeps)
+    costs a tenth of writing it again. Only UTC ones: datetimes in other zones equal a UTC one at the
+    same instant, yet their texts differ. Called for one not kept: callers look in `_TEXTS` first, with
+    no call, and this looks up its second (`_seconds`) without one while that second is kept."""
+    if len(_TEXTS) >= _TEXTS_KEPT:
+        _TEXTS.clear()
+    stored, written = (_SECONDS.get((value.year, value.month, value.day, value.hour, value.minute, value.second))
+                       or _seconds(value))
     micro = value.microsecond
-    if micro:
-        return f"{_seconds(value)[1]}.{str(micro + 1_000_000)[1:]}Z"
-    return f"{_seconds(value)[1]}Z"
+    fraction = str(micro + 1_000_000)[1:]
+    texts = _TEXTS[value] = (f"{stored}.{fraction}", f"{written}.{fraction}Z" if micro else f"{written}Z")
+    return texts
 
 
 #: (SQLite's text, ISO 8601's) of the whole seconds lately formatted: see `_seconds`.
@@ -496,8 +519,7 @@ _SECONDS: dict[tuple[int, ...], tuple[str, str]] = {}
 def _seconds(value: datetime) -> tuple[str, str]:
     """`value`'s date and time to the second as SQLite stores it ("2026-12-03 15:06:13") and as ISO
     8601 writes it ("2026-12-03T15:06:13"), kept while that second is in use. Formatting a datetime,
-    by `isoformat` or by `%`, costs 7,000-13,000 instructions (callgrind), this look-up ~1,000, and a
-    chat command formats eleven times."""
+    by `isoformat` or by `%`, costs 7,000-13,000 instructions (callgrind), this look-up ~1,000."""
     key = (value.year, value.month, value.day, value.hour, value.minute, value.second)
     texts = _SECONDS.get(key)
     if texts is None:
@@ -511,10 +533,13 @@ def _seconds(value: datetime) -> tuple[str, str]:
 
 def _stored_datetime(fallback: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
     """SQLAlchemy's SQLite DATETIME bind processor's text ("2026-12-03 15:06:13.717850", the time zone
-    dropped) for a datetime, by `_seconds`; anything else (None, a date) goes to SQLAlchemy's own."""
+    dropped) for a datetime, by `_texts` (UTC) or `_seconds`; anything else (None, a date) goes to
+    SQLAlchemy's own."""
 
     def process(value: Any) -> Any:
         if type(value) is datetime:
+            if value.tzinfo is UTC:
+                return (_TEXTS.get(value) or _texts(value))[0]
             return f"{_seconds(value)[0]}.{str(value.microsecond + 1_000_000)[1:]}"
         return fallback(value) if fallback is not None else value
 
@@ -1092,6 +1117,10 @@ class _Direct:
     parameter processing, result setup), and a chat command makes six writes (execution insert,
     claim and finish; audit; outbox insert and sent): going direct is what lets one process answer
     thousands of commands a second. Only statements built here from the tables' own column names.
+
+    Each statement's shape (its table and columns) is worked out once: its SQL, and which of its values
+    need a processor (`_Shape`). A chat command's three rows then cost a processor call for each of
+    their JSON and datetime values alone (ten of 28), not a look-up and a test for every value.
     """
 
     def __init__(self, dialect: sa.Dialect) -> None:
@@ -1099,10 +1128,10 @@ class _Direct:
         self._results: dict[str, dict[str, Callable[[Any], Any] | None]] = {}
         # JSON columns: SQLAlchemy's processor calls the dialect's serializer inside a wrapper (None is
         # stored as 'null'); calling the serializer directly saves a call on twelve values a command.
+        # Squall's own serializers store None as 'null' themselves: no wrapper then.
         serialize = getattr(dialect, "_json_serializer", None) or json_dumps()
-
-        def json_bind(value: Any) -> str:
-            return "null" if value is None else serialize(value)
+        json_bind = (serialize if serialize in (_fast_json_text, _json_text) else
+                     functools.partial(_json_or_null, serialize))
 
         for table in metadata.tables.values():
             impls = {column.name: column.type.dialect_impl(dialect) for column in table.c}
@@ -1112,57 +1141,66 @@ class _Direct:
                 impl.bind_processor(dialect)
                 for name, impl in impls.items()}
             self._results[table.name] = {name: impl.result_processor(dialect, None) for name, impl in impls.items()}
-        self._sql: dict[tuple[Any, ...], str] = {}
+        # By (table, *columns), (table, unique, *columns) and (table, columns, expect, returning).
+        self._inserts: dict[tuple[str, ...], _Shape] = {}
+        self._inserts_once: dict[tuple[Any, ...], _Shape] = {}
+        self._updates: dict[tuple[Any, ...], _Shape] = {}
 
-    def _encode(self, table: sa.Table, values: dict[str, Any]) -> list[Any]:
+    def _shape(self, table: sa.Table, values: dict[str, Any], sql: str) -> _Shape:
+        """The shape of `sql`, a statement on the columns of `values` in their order."""
         binds = self._binds[table.name]
         try:
-            return [value if (process := binds[key]) is None else process(value) for key, value in values.items()]
-        except (TypeError, ValueError, KeyError) as exc:  # as Core reports a value it cannot bind
+            return _Shape(sql, tuple((at, process) for at, name in enumerate(values)
+                                     if (process := binds[name]) is not None))
+        except KeyError as exc:  # as Core reports a column the table has not
             raise sa.exc.StatementError(f"{table.name}: {exc}", None, values, exc) from exc
 
-    def insert(self, conn: sa.Connection, table: sa.Table, record: dict[str, Any]) -> int:
+    def insert(self, driver: sqlite3.Connection | sqlite3.Cursor, table: sa.Table, record: dict[str, Any]) -> int:
         """Insert one row; returns its rowid (the id of tables with an integer key)."""
-        key = (table.name, tuple(record))
-        sql = self._sql.get(key)
-        if sql is None:
+        key = (table.name, *record)
+        shape = self._inserts.get(key)
+        if shape is None:
             columns = ", ".join(f'"{name}"' for name in record)
-            sql = self._sql[key] = f'INSERT INTO "{table.name}" ({columns}) VALUES ({", ".join("?" * len(record))})'
-        return _execute(conn, sql, self._encode(table, record)).lastrowid
+            shape = self._inserts[key] = self._shape(table, record, f'INSERT INTO "{table.name}" ({columns}) '
+                                                                    f'VALUES ({", ".join("?" * len(record))})')
+        sql, steps = shape
+        return _run(driver, sql, _encode(table, steps, record)).lastrowid
 
-    def insert_once(self, conn: sa.Connection, table: sa.Table, record: dict[str, Any],
+    def insert_once(self, driver: sqlite3.Connection | sqlite3.Cursor, table: sa.Table, record: dict[str, Any],
                     unique: tuple[str, ...]) -> int | None:
         """Insert one row unless its `unique` columns are taken: its rowid, or None if it stored nothing.
         The driver's change count and last rowid tell which, not a RETURNING clause: SQLite's RETURNING
         doubles the statement's cost (~7 µs more, and a fetch), and a chat command stores two such rows."""
-        key = (table.name, tuple(record), unique)
-        sql = self._sql.get(key)
-        if sql is None:
+        key = (table.name, unique, *record)
+        shape = self._inserts_once.get(key)
+        if shape is None:
             columns = ", ".join(f'"{name}"' for name in record)
-            sql = self._sql[key] = (f'INSERT INTO "{table.name}" ({columns}) VALUES ({", ".join("?" * len(record))}) '
-                                    f'ON CONFLICT ({", ".join(unique)}) DO NOTHING')
-        cursor = _execute(conn, sql, self._encode(table, record))
+            shape = self._inserts_once[key] = self._shape(
+                table, record, f'INSERT INTO "{table.name}" ({columns}) VALUES ({", ".join("?" * len(record))}) '
+                               f'ON CONFLICT ({", ".join(unique)}) DO NOTHING')
+        sql, steps = shape
+        cursor = _run(driver, sql, _encode(table, steps, record))
         return cursor.lastrowid if cursor.rowcount == 1 else None
 
-    def _update_sql(self, table: sa.Table, fields: tuple[str, ...], expect: int, returning: bool) -> str:
-        key = (table.name, fields, expect, returning)
-        sql = self._sql.get(key)
-        if sql is None:
+    def _update_shape(self, table: sa.Table, fields: dict[str, Any], expect: int, returning: bool) -> _Shape:
+        key = (table.name, tuple(fields), expect, returning)
+        shape = self._updates.get(key)
+        if shape is None:
             assignments = ", ".join(f'"{name}" = ?' for name in fields)
             sql = f'UPDATE "{table.name}" SET {assignments} WHERE "id" = ?'
             if expect >= 0:
                 sql += f' AND "status" IN ({", ".join("?" * expect)})'
             if returning:
                 sql += " RETURNING *"
-            self._sql[key] = sql
-        return sql
+            shape = self._updates[key] = self._shape(table, fields, sql)
+        return shape
 
-    def update(self, conn: sa.Connection, table: sa.Table, row_id: Any, fields: dict[str, Any],
+    def update(self, driver: sqlite3.Connection | sqlite3.Cursor, table: sa.Table, row_id: Any, fields: dict[str, Any],
                expect: Sequence[str] | None = None, returning: bool = False) -> Any:
         """Update the row with this id (while its status is one of `expect`, if given); returns
         whether a row changed, or with `returning` the changed row (None if none did)."""
-        sql = self._update_sql(table, tuple(fields), len(expect) if expect is not None else -1, returning)
-        cursor = _execute(conn, sql, [*self._encode(table, fields), row_id, *(expect or ())])
+        sql, steps = self._update_shape(table, fields, len(expect) if expect is not None else -1, returning)
+        cursor = _run(driver, sql, [*_encode(table, steps, fields), row_id, *(expect or ())])
         if not returning:
             return cursor.rowcount == 1
         rows = cursor.fetchall()
@@ -1175,22 +1213,55 @@ class _Direct:
             record[name] = value if process is None or value is None else process(value)
         return _row_dict(record)
 
-    def update_many(self, conn: sa.Connection, table: sa.Table, updates: Sequence[tuple[Any, dict[str, Any]]]) -> None:
+    def update_many(self, driver: sqlite3.Connection | sqlite3.Cursor, table: sa.Table,
+                    updates: Sequence[tuple[Any, dict[str, Any]]]) -> None:
         """`update` of each (id, fields), one `executemany` per set of field names: a delivery round's
         sent marks cost one statement's overhead, not one each."""
-        shapes: dict[tuple[str, ...], list[list[Any]]] = {}
+        shapes: dict[tuple[str, ...], tuple[_Shape, list[list[Any]]]] = {}
         for row_id, fields in updates:
-            shapes.setdefault(tuple(fields), []).append([*self._encode(table, fields), row_id])
-        for fields, rows in shapes.items():
-            _execute(conn, self._update_sql(table, fields, -1, False), rows, many=True)
+            names = tuple(fields)
+            same = shapes.get(names)
+            if same is None:
+                same = shapes[names] = (self._update_shape(table, fields, -1, False), [])
+            same[1].append([*_encode(table, same[0].steps, fields), row_id])
+        for (sql, _steps), rows in shapes.values():
+            _run(driver, sql, rows, many=True)
+
+
+class _Shape(NamedTuple):
+    """A direct statement's SQL, and the (position, processor) of each of its values that needs one."""
+
+    sql: str
+    steps: tuple[tuple[int, Callable[[Any], Any]], ...]
+
+
+def _encode(table: sa.Table, steps: tuple[tuple[int, Callable[[Any], Any]], ...], values: dict[str, Any]) -> list[Any]:
+    """`values` as the driver binds them, in their order, each processed where its shape's `steps` say."""
+    row = [*values.values()]
+    try:
+        for at, process in steps:
+            row[at] = process(row[at])
+    except (TypeError, ValueError) as exc:  # as Core reports a value it cannot bind
+        raise sa.exc.StatementError(f"{table.name}: {exc}", None, values, exc) from exc
+    return row
+
+
+def _json_or_null(serialize: Callable[[Any], str], value: Any) -> str:
+    """A JSON column's value by a serializer of the dialect's, None stored as 'null' (as SQLAlchemy's does)."""
+    return "null" if value is None else serialize(value)
 
 
 def _execute(conn: sa.Connection, sql: str, parameters: list[Any], many: bool = False) -> sqlite3.Cursor:
-    """Run on the driver (`many`: once per parameter list), raising SQLAlchemy's exceptions as Core
-    would (callers catch those)."""
-    driver = conn.connection.driver_connection
+    """Run on the connection's driver (`many`: once per parameter list), raising SQLAlchemy's exceptions
+    as Core would (callers catch those)."""
+    return _run(conn.connection.driver_connection, sql, parameters, many)  # type: ignore[arg-type]
+
+
+def _run(driver: sqlite3.Connection | sqlite3.Cursor, sql: str, parameters: list[Any],
+         many: bool = False) -> sqlite3.Cursor:
+    """`_execute` on the driver's connection itself, or on a cursor of it (a group's: `Store._write`)."""
     try:
-        return (driver.executemany if many else driver.execute)(sql, parameters)  # type: ignore[union-attr]
+        return (driver.executemany if many else driver.execute)(sql, parameters)
     except sqlite3.Error as exc:
         raise sa.exc.DBAPIError.instance(sql, parameters, exc, sqlite3.Error) from exc
 
@@ -1326,10 +1397,12 @@ class Store:
             with self.engine.begin() as conn:
                 self._batch.conn = conn
                 try:
+                    if self.is_sqlite:
+                        self._batch.cursor = conn.connection.driver_connection.cursor()
                     yield
                     self._batch.wrote = conn.connection.driver_connection.in_transaction if self.is_sqlite else True
                 finally:
-                    self._batch.conn = None
+                    self._batch.conn = self._batch.cursor = None
         finally:
             self._batch.after = None
         _run_committed(after)
@@ -1350,7 +1423,7 @@ class Store:
             self._nowait_conn = self._nowait.connect()
         conn = self._nowait_conn
         driver = conn.connection.driver_connection
-        self._batch.engine, self._batch.conn = self._nowait, conn
+        self._batch.engine, self._batch.conn, self._batch.cursor = self._nowait, conn, driver.cursor()
         after = self._batch.after = []
         try:
             try:
@@ -1371,7 +1444,7 @@ class Store:
                 raise Busy(str(exc.orig)) from exc
             raise
         finally:
-            self._batch.engine = self._batch.conn = self._batch.after = None
+            self._batch.engine = self._batch.conn = self._batch.cursor = self._batch.after = None
 
     def _roll_back_loop(self, conn: sa.Connection, driver: Any) -> None:
         """End a failed group of the loop's connection, so that the next group starts clean on it.
@@ -1420,6 +1493,11 @@ class Store:
         return bool(getattr(self._batch, "wrote", False))
 
     def _write(self) -> contextlib.AbstractContextManager[sa.Connection]:
+        """The connection to write on: a group's own on SQLite; else in a transaction (a savepoint in a
+        group on PostgreSQL). The hot writes of a SQLite group skip it for a cursor of the group's driver
+        connection, made once a group (`batch`, `batch_without_waiting`): the connection looked up through
+        SQLAlchemy's wrappers cost three Python calls a statement, the context manager three more, and
+        the driver's own `execute` makes (and drops) a cursor each time."""
         conn = getattr(self._batch, "conn", None)
         if conn is not None and self.is_sqlite:
             # SQLite rolls back just the failing statement; the batch stays usable. (No generator
@@ -1514,18 +1592,25 @@ class Store:
     # -- the hot writes: straight to SQLite's driver, through Core elsewhere ------------------------
     def _insert(self, table: sa.Table, record: dict[str, Any]) -> Any:
         """Insert one row; returns its primary key."""
+        cursor = getattr(self._batch, "cursor", None)
+        if cursor is not None:  # SQLite, in a group (see `_write`)
+            return self._direct.insert(cursor, table, record)  # type: ignore[union-attr]
         with self._write() as conn:
             if self._direct:
-                return self._direct.insert(conn, table, record)
+                return self._direct.insert(conn.connection.driver_connection, table, record)
             return conn.execute(_insert_statement(table), record).inserted_primary_key[0]
 
     def _update(self, table: sa.Table, row_id: Any, fields: dict[str, Any], expect: Sequence[str] | None = None,
                 returning: bool = False) -> Any:
         """Update the row with this id (while its status is one of `expect`, if given): whether a row
         changed, or with `returning` the changed row (None if none did)."""
+        cursor = getattr(self._batch, "cursor", None)
+        if cursor is not None:  # SQLite, in a group (see `_write`)
+            return self._direct.update(cursor, table, row_id, fields, expect, returning)  # type: ignore[union-attr]
         with self._write() as conn:
             if self._direct:
-                return self._direct.update(conn, table, row_id, fields, expect, returning)
+                return self._direct.update(conn.connection.driver_connection, table, row_id, fields, expect,
+                                           returning)
             statement = _update_statement(table, tuple(sorted(fields)), expect is not None, returning)
             values = {**fields, "_id": row_id, **({"_expect": list(expect)} if expect is not None else {})}
             result = conn.execute(statement, values)
@@ -1544,7 +1629,8 @@ class Store:
                "expires_at": record["start_timestamp"] + CHAT_DELIVERY_KEPT}
         with self._write() as conn:  # the key first: taken, it stores nothing and the execution is not stored
             if self._direct:
-                stored = self._direct.insert_once(conn, deliveries, row, ("key",)) is not None
+                stored = self._direct.insert_once(conn.connection.driver_connection, deliveries, row,
+                                                  ("key",)) is not None
             else:
                 stored = conn.execute(_insert_once(self.is_sqlite, deliveries, "key"), row).first() is not None
             if not stored:
@@ -1552,7 +1638,7 @@ class Store:
                                      .where(deliveries.c.key == key)).scalar()
                 raise DuplicateDelivery(key, taken or "?", "execution")
             if self._direct:
-                self._direct.insert(conn, executions, record)
+                self._direct.insert(conn.connection.driver_connection, executions, record)
             else:
                 conn.execute(_insert_statement(executions), record)
 
@@ -1916,16 +2002,23 @@ class Store:
         execution, found here in the same transaction (so after a restart as well as live); with no
         such row they are not stored (their id is None): there is nothing to edit."""
         now = utcnow()
+        if keyed_in_one_statement(key, rows, edits):  # a result, an ack: no look-up first, no savepoint
+            adapter, channel, payload, kind, status = rows[0]
+            record = {"adapter": adapter, "channel": channel, "payload": payload, "status": status, "attempts": 0,
+                      "created_at": now, "execution_id": execution_id, "kind": kind}
+            cursor = getattr(self._batch, "cursor", None)
+            if cursor is not None:  # SQLite, in a group (see `_write`)
+                row_id = self._direct.insert_once(cursor, outbox, record, _OUTBOX_KEY)  # type: ignore[union-attr]
+                return None if row_id is None else [(row_id, None)]
+            with self._write() as conn:
+                if self._direct:
+                    row_id = self._direct.insert_once(conn.connection.driver_connection, outbox, record, _OUTBOX_KEY)
+                else:
+                    row_id = conn.execute(_insert_once(False, outbox, "id", _OUTBOX_KEY), record).scalar()
+            return None if row_id is None else [(int(row_id), None)]
         records = [{"adapter": adapter, "channel": channel, "payload": payload, "status": status, "attempts": 0,
                     "created_at": now, "execution_id": execution_id, "kind": kind}
                    for adapter, channel, payload, kind, status in rows]
-        if keyed_in_one_statement(key, rows, edits):  # a result, an ack: no look-up first, no savepoint
-            with self._write() as conn:
-                if self._direct:
-                    row_id = self._direct.insert_once(conn, outbox, records[0], _OUTBOX_KEY)
-                else:
-                    row_id = conn.execute(_insert_once(False, outbox, "id", _OUTBOX_KEY), records[0]).scalar()
-            return None if row_id is None else [(int(row_id), None)]
         try:
             with self._write() as conn:
                 if self._keyed_id(conn, execution_id, key) is not None:
@@ -1940,7 +2033,8 @@ class Store:
                             continue
                         record["payload"], edit = {**record["payload"], "edit": target}, target
                     if self._direct:
-                        stored.append((int(self._direct.insert(conn, outbox, record)), edit))
+                        stored.append((int(self._direct.insert(conn.connection.driver_connection, outbox, record)),
+                                       edit))
                     else:
                         stored.append((int(conn.execute(_insert_statement(outbox), record).inserted_primary_key[0]),
                                        edit))
@@ -2050,8 +2144,12 @@ class Store:
             for outbox_id, fields in updates:
                 self._update(outbox, outbox_id, fields)
             return
+        cursor = getattr(self._batch, "cursor", None)
+        if cursor is not None:  # SQLite, in a group (see `_write`)
+            self._direct.update_many(cursor, outbox, updates)
+            return
         with self._write() as conn:
-            self._direct.update_many(conn, outbox, updates)
+            self._direct.update_many(conn.connection.driver_connection, outbox, updates)
 
     def audit_add(self, event: str, actor: str | None, source: str | None, target: str | None,
                   detail: dict[str, Any]) -> None:
@@ -2293,7 +2391,8 @@ class Store:
         same instance (a recovery after a crash) records nothing more."""
         with self._write() as conn:
             if self._direct:
-                return self._direct.insert_once(conn, rule_enforcements, record, ("id",)) is not None
+                return self._direct.insert_once(conn.connection.driver_connection, rule_enforcements, record,
+                                                ("id",)) is not None
             return conn.execute(_insert_once(self.is_sqlite, rule_enforcements, "id"), record).first() is not None
 
     def rules_enforced_for(self, trigger_instance_id: str) -> set[str]:
@@ -2715,7 +2814,8 @@ class Database:
         """Queue a call now and return its future (`await db(...)` queues it at the coroutine's first
         step): a caller can queue a call, start work that queues the next, and both share a group."""
         loop = asyncio.get_running_loop()
-        return self._queue(functools.partial(fn, *args, **kwargs), loop.create_future(), loop)
+        # The loop's `create_future` makes the same future, by a Python call more (asyncio's loops).
+        return self._queue(functools.partial(fn, *args, **kwargs), asyncio.Future(loop=loop), loop)
 
     def submit_firm(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """`submit`, with a future that cancelling its waiter leaves alone (`Firm`): for a call whose
@@ -2814,7 +2914,8 @@ class Database:
         else:
             self._note(outcomes, committed=True)
         for (ok, value), (_call, future) in zip(outcomes, batch, strict=True):
-            _settle(future, ok, value)
+            if not future.done():  # `_settle`, without a call a command
+                (future.set_result if ok else future.set_exception)(value)
         self._checkpoint_soon()
         self._write_back_soon()
         self._cut_runaway_wal()

@@ -1,0 +1,111 @@
+"""The store's shortcuts on the chat path: the kept texts of UTC datetimes, the direct statements'
+shapes (their SQL and value processors, made once per table and columns) and a group's driver
+connection, looked up once a group."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
+
+from engine import storage
+from engine.storage import Store, iso, utcnow
+
+
+def test_a_kept_utc_text_is_never_the_text_of_the_same_instant_in_another_zone() -> None:
+    """Datetimes of one instant in two zones are equal (and hash alike), yet are written differently:
+    a UTC datetime's kept texts must not answer for the other, in either order, nor the reverse."""
+    dialect = sqlite_dialect()
+    reference = sa.DateTime(timezone=True).dialect_impl(dialect).bind_processor(dialect)
+    stored = storage._stored_datetime(reference)
+    plus_two = timezone(timedelta(hours=2))
+    for micro in (0, 7, 123456):
+        utc = datetime(2026, 3, 4, 5, 6, 7, micro, tzinfo=UTC)
+        elsewhere = utc.astimezone(plus_two)
+        assert utc == elsewhere
+        for first, second in ((utc, elsewhere), (elsewhere, utc)):
+            for value in (first, second, first, second):
+                assert stored(value) == reference(value)
+                assert iso(value) == value.isoformat().replace("+00:00", "Z")
+        assert stored(elsewhere) == f"2026-03-04 07:06:07.{micro:06d}"
+
+
+def test_the_kept_texts_start_again_when_full(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kept texts are bounded; once full they start again, and a time written after reads the same."""
+    monkeypatch.setattr(storage, "_TEXTS", {})
+    monkeypatch.setattr(storage, "_TEXTS_KEPT", 4)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    times = [start + timedelta(seconds=n, microseconds=n) for n in range(10)]
+    for value in times:
+        assert iso(value) == value.isoformat().replace("+00:00", "Z")
+        assert len(storage._TEXTS) <= 4
+    assert [iso(value) for value in times] == [value.isoformat().replace("+00:00", "Z") for value in times]
+
+
+def test_utcnow_is_the_time_now_in_utc() -> None:
+    before = datetime.now(UTC)
+    now = utcnow()
+    assert now.tzinfo is UTC and before <= now <= datetime.now(UTC)
+
+
+def test_direct_inserts_of_one_table_in_other_column_orders_store_each_value_in_its_column(tmp_path: Path) -> None:
+    """A shape is made per table and column order: rows of the same table with their columns in another
+    order, or fewer of them, get their own SQL and processors (a JSON value in a JSON column, a time
+    in a time column), never another shape's."""
+    store = Store.open(f"sqlite:///{tmp_path}/s.db")
+    try:
+        when = datetime(2026, 5, 6, 7, 8, 9, 10, tzinfo=UTC)
+        store.audit_add("first", "ann", "chat", None, {"n": 1})
+        store._insert(storage.audit, {"detail": {"n": 2}, "event": "second", "timestamp": when})
+        store._insert(storage.audit, {"event": "third", "detail": None, "actor": "bob", "timestamp": when})
+        with store.batch():
+            store._insert(storage.audit, {"timestamp": when, "detail": [3], "event": "fourth"})
+        raw = sqlite3.connect(tmp_path / "s.db")
+        rows = raw.execute("SELECT event, actor, detail, timestamp FROM audit ORDER BY id").fetchall()
+        raw.close()
+        assert rows[1:] == [("second", None, '{"n":2}', "2026-05-06 07:08:09.000010"),
+                            ("third", "bob", "null", "2026-05-06 07:08:09.000010"),
+                            ("fourth", None, "[3]", "2026-05-06 07:08:09.000010")]
+        assert rows[0][:3] == ("first", "ann", '{"n":1}')
+        with pytest.raises(sa.exc.StatementError, match="audit: 'nope'"):  # a column the table has not
+            store._insert(storage.audit, {"event": "x", "nope": 1})
+        with pytest.raises(sa.exc.StatementError, match="audit"):  # a value its column cannot take
+            store._insert(storage.audit, {"event": "x", "detail": {}, "timestamp": object()})
+        assert store.audit_list(10)[0]["event"] == "fourth"
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("nowait", [True, False])
+def test_a_group_s_driver_is_its_own_and_only_while_it_lasts(tmp_path: Path, nowait: bool) -> None:
+    """The hot writes of a group go on a cursor of the driver connection made when the group began: they
+    roll back with it, and one that fails fails alone; after it, a write is its own transaction again
+    (committed at once, seen by another connection), never one on the ended group's cursor."""
+    store = Store.open(f"sqlite:///{tmp_path}/s.db")
+    try:
+        with pytest.raises(RuntimeError), (store.batch_without_waiting() if nowait else store.batch()):
+            store.audit_add("rolled back", "me", "test", None, {})
+            store.outbox_add_keyed("e1", "result", [("loopback", "#c", {"text": "r"}, "result", "pending")])
+            raise RuntimeError("the group fails")
+        assert getattr(store._batch, "cursor", None) is None
+        raw = sqlite3.connect(tmp_path / "s.db")
+        assert raw.execute("SELECT count(*) FROM audit").fetchone() == (0,)
+        assert raw.execute("SELECT count(*) FROM outbox").fetchone() == (0,)
+        with store.batch_without_waiting() if nowait else store.batch():
+            store.audit_add("kept", "me", "test", None, {})
+            kept = store.audit_list(1)[0]
+            with pytest.raises(sa.exc.IntegrityError):  # fails alone: the group's writes go on after it
+                store._insert(storage.audit, {**kept, "event": "a taken id"})
+            [(row_id, _)] = store.outbox_add_keyed("e1", "result",  # type: ignore[misc]
+                                                   [("loopback", "#c", {"text": "r"}, "result", "pending")])
+        store.audit_add("alone", "me", "test", None, {})  # outside any group: committed at once
+        store.outbox_update_many([(row_id, {"status": "sent", "sent_at": utcnow()})])
+        assert raw.execute("SELECT event FROM audit ORDER BY id").fetchall() == [("kept",), ("alone",)]
+        assert raw.execute("SELECT status FROM outbox").fetchall() == [("sent",)]
+        raw.close()
+    finally:
+        store.close()
