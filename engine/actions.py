@@ -93,11 +93,19 @@ class Action:
     def templated_defaults(self) -> frozenset[str]:
         """The names of its parameters whose `default` is a template (made once, as `runner_parameter_names`):
         every request asks whether it has anything to render (`engine.parameters.needs_rendering`, `resolve`),
-        and most actions have none."""
+        and most actions have none. A default JSON cannot hold (a YAML date in an object) counts as one, so
+        each request asks about it as before: raised here, it would refuse every request of the action, those
+        that give the parameter too."""
         from engine.parameters import has_template  # (that module imports this one)
 
+        def templated(default: Any) -> bool:
+            try:
+                return has_template(default)
+            except (TypeError, ValueError):
+                return True
+
         return frozenset(name for name, spec in self.parameters.items()
-                         if "default" in spec and has_template(spec["default"]))
+                         if "default" in spec and templated(spec["default"]))
 
     @cached_property
     def plain_types(self) -> dict[str, tuple[type, ...]]:

@@ -5,6 +5,7 @@ request, and the shortcuts must decide as the general path does."""
 
 from __future__ import annotations
 
+import datetime
 import re
 import time
 from pathlib import Path
@@ -124,6 +125,17 @@ def test_resolve_without_templates_keeps_values_and_checks_types() -> None:
         resolve(action, {"n": 2 ** 64}, {})
     with pytest.raises(ParameterError, match="UTF-8"):
         check_storable("a", "\ud800", {"type": "string"})
+
+
+def test_a_default_json_cannot_hold_refuses_no_request_that_gives_its_parameter() -> None:
+    """A YAML date inside an object default (`{since: 2024-01-01}`) is no JSON: a request that gives the
+    parameter runs as before, and one that leaves it out is still checked by the templates' path."""
+    action = _action({"opts": {"type": "object", "default": {"since": datetime.date(2024, 1, 1)}},
+                      "who": {"type": "string"}})
+    resolution = resolve(action, {"opts": {"since": "x"}, "who": "a"}, {})
+    assert resolution.values == {"opts": {"since": "x"}, "who": "a"}
+    assert not needs_rendering(action, {"opts": {"since": "x"}}, ())
+    assert needs_rendering(action, {"who": "a"}, ())
 
 
 def test_an_execution_id_is_the_microsecond_then_40_random_bits() -> None:
