@@ -1604,9 +1604,16 @@ class ExecutionService:
         await self._sweep()
         info = record.get("runner_info") or {}
         owner = f'{info.get("hostname") or "?"} pid {info.get("pid")}'
+        return await self._end_canceled(record, f"canceled by request; the process that ran it ({owner}) was gone",
+                                        audit)
+
+    async def _end_canceled(self, record: dict[str, Any], why: str,
+                            audit: AuditEntry | None = None) -> dict[str, Any] | None:
+        """End `record`, which nothing runs any more, `canceled` with the error `why`, keeping what it had done
+        (its result, a workflow's `_kept_result`); None if its status moved meanwhile."""
         return await self.complete(record["id"], "canceled", {
-            **(record.get("result") or {}), **(await self._kept_result(record) or {}),
-            "error": f"canceled by request; the process that ran it ({owner}) was gone"}, (record["status"],), audit)
+            **(record.get("result") or {}), **(await self._kept_result(record) or {}), "error": why},
+            (record["status"],), audit)
 
     async def _kept_result(self, record: dict[str, Any]) -> dict[str, Any] | None:
         """What a workflow ended `canceled` without its process had done (its runner's `kept_result`: an
@@ -1832,10 +1839,8 @@ class ExecutionService:
             return
         log.warning("execution %s was canceling, and nothing in this process ran it any more; it ends canceled",
                     row["id"])
-        await self.complete(row["id"], "canceled", {
-            **(record.get("result") or {}), **(await self._kept_result(record) or {}),
-            "error": "canceled by request; its run in this process had stopped without recording its end"},
-            ("canceling",))
+        await self._end_canceled(record, "canceled by request; its run in this process had stopped without "
+                                         "recording its end")
 
     async def _submit_due_elsewhere(self) -> None:
         """Submit the top-level `delayed` rows whose clock is due and that no timer here holds (`_due_elsewhere`):
