@@ -84,9 +84,11 @@ from __future__ import annotations
 
 import bisect
 import functools
+import gc
 import re
 import re._constants as sre
 import re._parser as sre_parse
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -183,16 +185,40 @@ _PAIRS_OF = {"}": "{", "]": "["}
 MAX_PATH = 4  # index paths hold at most this many leading words
 
 
+class _CollectorClock(threading.local):
+    """The CPU time this thread has spent in the garbage collector (`spent`), which a message's budget
+    leaves out: a collection that falls within its matching walks the whole process's heap, tens of
+    milliseconds in a fresh CLI process, and counted, it refused an ordinary command as too complex."""
+
+    spent = 0.0
+    since = 0.0
+
+
+_COLLECTING = _CollectorClock()
+
+
+def _clock_collection(phase: str, _info: dict[str, int]) -> None:
+    if phase == "start":
+        _COLLECTING.since = time.thread_time()
+    else:
+        _COLLECTING.spent += time.thread_time() - _COLLECTING.since
+
+
+gc.callbacks.append(_clock_collection)
+
+
 class Prepared:
     """A message ready for matching: `stream` (padded text without the trailing pairs), the pairs.
 
     `core` is the stream stripped and `words` its whitespace-separated words. The message's matching
     budget (`MATCH_BUDGET`, deviation 12) is the time its regex runs take, over every format it is
     tried with: the matching thread's CPU time from its first regex run on, so waiting for the GIL or
-    a core is not counted, nor is making a format's regex (`not_counting`).
+    a core is not counted, nor is making a format's regex (`not_counting`) nor a garbage collection
+    (`_CollectorClock`).
     """
 
-    __slots__ = ("_backwards", "_budget", "_lead", "_started", "core", "pairs", "stream", "text", "words")
+    __slots__ = ("_backwards", "_budget", "_collected", "_lead", "_started", "core", "pairs", "stream", "text",
+                 "words")
 
     def __init__(self, text: str, stream: str, pairs: dict[str, str]) -> None:
         self.text = text
@@ -201,6 +227,7 @@ class Prepared:
         self.core = stream.strip()
         self.words = self.core.split()
         self._started = -1.0
+        self._collected = 0.0
         self._backwards: str | None = None
         self._lead = -1
         self._budget = MATCH_BUDGET + len(text) * MATCH_BUDGET_PER_CHAR
@@ -226,11 +253,13 @@ class Prepared:
 
     def time_left(self) -> float:
         """Seconds of matching this message has left: its budget less the CPU time the matching thread
-        has spent since the message's first regex run (one clock reading a run, not two)."""
+        has spent since the message's first regex run (one clock reading a run, not two), less what
+        it spent collecting garbage meanwhile."""
         now = time.thread_time()
         if self._started < 0:
             self._started = now
-        return self._budget - (now - self._started)
+            self._collected = _COLLECTING.spent
+        return self._budget - (now - self._started) + (_COLLECTING.spent - self._collected)
 
     def not_counting(self, since: float) -> None:
         """Leave the CPU time since `since` (a `time.thread_time()` reading) out of the budget: a format's
