@@ -6,9 +6,11 @@ inspection shapes it (`type`, `message`, `spec_path`, `schema_path`; an expressi
 
 The checks are the ones a run gets (`engine.workflows.orquesta`): `parse`, which a pack's workflow passes
 at load, then `inspect_task_contents`, which a run passes at its first conduct, against the actions loaded
-here. `parse` stops at its first problem, so a definition with several is answered with that one (its line
-in the message); the task contents are checked once the definition parses. Text that is not a YAML mapping
-is a 400, as StackStorm's spec loader refuses it."""
+here; and StackStorm's context errors (`orquesta_inspect`: a variable read before anything sets it), which
+StackStorm refuses a run for and Squall does not (docs/stackstorm-compat.md says why). `parse` stops at its
+first problem, so a definition with several is answered with that one (its line in the message); the task
+contents and the context are checked once the definition parses. Text that is not a YAML mapping is a 400,
+as StackStorm's spec loader refuses it."""
 
 from __future__ import annotations
 
@@ -33,6 +35,9 @@ _DISPLAY = "workflow definition"
 #: or the document's shape (`syntax`).
 _SEMANTIC = ("names unknown task", "unreachable from the start tasks", "no task can start", "has no exit")
 _EXPRESSION = re.compile(r"expression syntax error: '(?P<expression>.+?)': ", re.DOTALL)
+#: The root context's keys in StackStorm's inspection (its API's `mock_st2_ctx`): `ctx().st2` is set, and
+#: `ctx().parent`, which a run has, is not.
+_INSPECTION_ROOT = ("st2",)
 _HOW = "send the workflow file's text as the body (`st2 workflow inspect --file FILE`)"
 
 
@@ -48,7 +53,7 @@ async def inspect_workflow(request: Request) -> list[dict[str, Any]]:
 def inspection(body: bytes, actions: Mapping[str, Action]) -> list[dict[str, Any]]:
     """The errors of the definition `body` holds, the task contents checked against `actions`; an
     `HTTPException` (400) for a body that is not a YAML mapping."""
-    from engine.workflows import orquesta  # YAQL and Jinja load with the first workflow, not at start
+    from engine.workflows import orquesta, orquesta_inspect  # YAQL and Jinja load with the first workflow
 
     data, node = _definition(body)
     try:
@@ -60,7 +65,7 @@ def inspection(body: bytes, actions: Mapping[str, Action]) -> list[dict[str, Any
         action = actions.get(ref)
         return None if action is None else action.parameters
 
-    return orquesta.inspect_task_contents(spec, parameters_of)
+    return orquesta_inspect.inspect(spec, parameters_of, _INSPECTION_ROOT)
 
 
 def _definition(body: bytes) -> tuple[dict[Any, Any], yaml.Node]:

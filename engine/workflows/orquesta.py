@@ -96,6 +96,8 @@ class WorkflowSpec:
     tasks: dict[str, TaskSpec]
     starts: list[str]
     inbound: dict[str, set[str]]
+    #: The definition as written, which StackStorm's context inspection reads (`orquesta_inspect`).
+    definition: dict[str, Any] = field(default_factory=dict)
 
 
 def parse_inline_params(text: Any) -> list[tuple[str, Any]]:
@@ -289,7 +291,7 @@ def parse(data: Any, lines: LineMap, file: str) -> WorkflowSpec:  # noqa: C901 (
     for cycle in graph.closed_cycles(list(tasks), edges, can_stop):
         raise fail(f"task '{cycle[0]}': cycle {' -> '.join(cycle)} has no exit (every transition in it is "
                    "unconditional and stays in the cycle)", "tasks", cycle[0])
-    return WorkflowSpec(file, inputs, variables, output, tasks, starts, inbound)
+    return WorkflowSpec(file, inputs, variables, output, tasks, starts, inbound, data)
 
 
 #: An action's merged parameter schemas by name, as `Action.parameters` holds them.
