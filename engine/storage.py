@@ -478,38 +478,20 @@ utcnow: Callable[[], datetime] = functools.partial(datetime.now, UTC)
 
 def iso(value: datetime | None) -> str | None:
     """A stored time as StackStorm's APIs show it: ISO 8601 in UTC with a `Z` (None stays None), as
-    `isoformat` writes it (no fraction when the microseconds are 0). Squall's own times (UTC) are
-    written once (`_texts`)."""
+    `isoformat` writes it (no fraction when the microseconds are 0). Squall's own times (UTC) take
+    their whole seconds from `_seconds`, looked up without a call while that second is kept: ~5,000
+    instructions (callgrind), where `isoformat` costs ~11,000. Not kept by datetime: an aware datetime's
+    first hash costs ~3,500 (its offset asked of its zone), and six of a chat command's eight datetime
+    texts are of a datetime written once only. Kept so, a chat command cost ~40,000 instructions more
+    (callgrind, 100 in flight: 928,700 against 888,000)."""
     if not value:
         return None
     if value.tzinfo is not UTC:
         return value.isoformat().replace("+00:00", "Z")
-    return (_TEXTS.get(value) or _texts(value))[1]
-
-
-#: (SQLite's text, ISO 8601's) of the UTC datetimes lately written, by datetime: see `_texts`.
-_TEXTS: dict[datetime, tuple[str, str]] = {}
-#: How many `_TEXTS` keeps before it starts again: enough for the datetimes of the commands in flight
-#: (a chat command's come back after those of ~100 others were written, at 100 in flight).
-_TEXTS_KEPT = 2048
-
-
-def _texts(value: datetime) -> tuple[str, str]:
-    """A UTC datetime as SQLite stores it ("2026-12-03 15:06:13.717850", as SQLAlchemy's DATETIME bind
-    processor writes it) and as `iso` writes it ("2026-12-03T15:06:13.717850Z"), kept (`_TEXTS`): a
-    chat command writes its datetimes eleven times, five of them a datetime written before (its
-    start stored, then shown), and looking one up by the datetime (whose hash the datetime keeps)
-    costs a tenth of writing it again. Only UTC ones: datetimes in other zones equal a UTC one at the
-    same instant, yet their texts differ. Called for one not kept: callers look in `_TEXTS` first, with
-    no call, and this looks up its second (`_seconds`) without one while that second is kept."""
-    if len(_TEXTS) >= _TEXTS_KEPT:
-        _TEXTS.clear()
-    stored, written = (_SECONDS.get((value.year, value.month, value.day, value.hour, value.minute, value.second))
-                       or _seconds(value))
+    written = (_SECONDS.get((value.year, value.month, value.day, value.hour, value.minute, value.second))
+               or _seconds(value))[1]
     micro = value.microsecond
-    fraction = str(micro + 1_000_000)[1:]
-    texts = _TEXTS[value] = (f"{stored}.{fraction}", f"{written}.{fraction}Z" if micro else f"{written}Z")
-    return texts
+    return f"{written}.{str(micro + 1_000_000)[1:]}Z" if micro else f"{written}Z"
 
 
 #: (SQLite's text, ISO 8601's) of the whole seconds lately formatted: see `_seconds`.
@@ -533,14 +515,14 @@ def _seconds(value: datetime) -> tuple[str, str]:
 
 def _stored_datetime(fallback: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
     """SQLAlchemy's SQLite DATETIME bind processor's text ("2026-12-03 15:06:13.717850", the time zone
-    dropped) for a datetime, by `_texts` (UTC) or `_seconds`; anything else (None, a date) goes to
-    SQLAlchemy's own."""
+    dropped) for a datetime, by `_seconds` (see `iso`); anything else (None, a date) goes to SQLAlchemy's
+    own. (`_encode` writes a datetime's text itself, the same way.)"""
 
     def process(value: Any) -> Any:
         if type(value) is datetime:
-            if value.tzinfo is UTC:
-                return (_TEXTS.get(value) or _texts(value))[0]
-            return f"{_seconds(value)[0]}.{str(value.microsecond + 1_000_000)[1:]}"
+            stored = (_SECONDS.get((value.year, value.month, value.day, value.hour, value.minute, value.second))
+                      or _seconds(value))[0]
+            return f"{stored}.{str(value.microsecond + 1_000_000)[1:]}"
         return fallback(value) if fallback is not None else value
 
     return process
@@ -1119,8 +1101,8 @@ class _Direct:
     thousands of commands a second. Only statements built here from the tables' own column names.
 
     Each statement's shape (its table and columns) is worked out once: its SQL, and which of its values
-    need a processor (`_Shape`). A chat command's three rows then cost a processor call for each of
-    their JSON and datetime values alone (ten of 28), not a look-up and a test for every value.
+    need a processor (`_Shape`). A chat command's three rows then cost processing for each of their
+    JSON and datetime values alone (ten of 28), not a look-up and a test for every value.
     """
 
     def __init__(self, dialect: sa.Dialect) -> None:
@@ -1132,14 +1114,21 @@ class _Direct:
         serialize = getattr(dialect, "_json_serializer", None) or json_dumps()
         json_bind = (serialize if serialize in (_fast_json_text, _json_text) else
                      functools.partial(_json_or_null, serialize))
+        #: The DateTime columns' processors, whose call `_encode` spares a datetime.
+        self._times: set[Callable[[Any], Any]] = set()
 
         for table in metadata.tables.values():
             impls = {column.name: column.type.dialect_impl(dialect) for column in table.c}
-            self._binds[table.name] = {
-                name: json_bind if isinstance(impl, sa.JSON) else
-                _stored_datetime(impl.bind_processor(dialect)) if isinstance(impl, sa.DateTime) else
-                impl.bind_processor(dialect)
-                for name, impl in impls.items()}
+            binds: dict[str, Callable[[Any], Any] | None] = {}
+            for name, impl in impls.items():
+                if isinstance(impl, sa.JSON):
+                    binds[name] = json_bind
+                elif isinstance(impl, sa.DateTime):
+                    process = binds[name] = _stored_datetime(impl.bind_processor(dialect))
+                    self._times.add(process)
+                else:
+                    binds[name] = impl.bind_processor(dialect)
+            self._binds[table.name] = binds
             self._results[table.name] = {name: impl.result_processor(dialect, None) for name, impl in impls.items()}
         # By (table, *columns), (table, unique, *columns) and (table, columns, expect, returning).
         self._inserts: dict[tuple[str, ...], _Shape] = {}
@@ -1150,10 +1139,12 @@ class _Direct:
         """The shape of `sql`, a statement on the columns of `values` in their order."""
         binds = self._binds[table.name]
         try:
-            return _Shape(sql, tuple((at, process) for at, name in enumerate(values)
-                                     if (process := binds[name]) is not None))
+            steps = [(at, process) for at, name in enumerate(values) if (process := binds[name]) is not None]
         except KeyError as exc:  # as Core reports a column the table has not
             raise sa.exc.StatementError(f"{table.name}: {exc}", None, values, exc) from exc
+        return _Shape(sql, tuple(
+            (at, process, _TEXT if process is _fast_json_text else _TIME if process in self._times else _OTHER)
+            for at, process in steps))
 
     def insert(self, driver: sqlite3.Connection | sqlite3.Cursor, table: sa.Table, record: dict[str, Any]) -> int:
         """Insert one row; returns its rowid (the id of tables with an integer key)."""
@@ -1163,8 +1154,7 @@ class _Direct:
             columns = ", ".join(f'"{name}"' for name in record)
             shape = self._inserts[key] = self._shape(table, record, f'INSERT INTO "{table.name}" ({columns}) '
                                                                     f'VALUES ({", ".join("?" * len(record))})')
-        sql, steps = shape
-        return _run(driver, sql, _encode(table, steps, record)).lastrowid
+        return _run(driver, shape.sql, _encode(table, shape, record)).lastrowid
 
     def insert_once(self, driver: sqlite3.Connection | sqlite3.Cursor, table: sa.Table, record: dict[str, Any],
                     unique: tuple[str, ...]) -> int | None:
@@ -1178,8 +1168,7 @@ class _Direct:
             shape = self._inserts_once[key] = self._shape(
                 table, record, f'INSERT INTO "{table.name}" ({columns}) VALUES ({", ".join("?" * len(record))}) '
                                f'ON CONFLICT ({", ".join(unique)}) DO NOTHING')
-        sql, steps = shape
-        cursor = _run(driver, sql, _encode(table, steps, record))
+        cursor = _run(driver, shape.sql, _encode(table, shape, record))
         return cursor.lastrowid if cursor.rowcount == 1 else None
 
     def _update_shape(self, table: sa.Table, fields: dict[str, Any], expect: int, returning: bool) -> _Shape:
@@ -1199,8 +1188,8 @@ class _Direct:
                expect: Sequence[str] | None = None, returning: bool = False) -> Any:
         """Update the row with this id (while its status is one of `expect`, if given); returns
         whether a row changed, or with `returning` the changed row (None if none did)."""
-        sql, steps = self._update_shape(table, fields, len(expect) if expect is not None else -1, returning)
-        cursor = _run(driver, sql, [*_encode(table, steps, fields), row_id, *(expect or ())])
+        shape = self._update_shape(table, fields, len(expect) if expect is not None else -1, returning)
+        cursor = _run(driver, shape.sql, [*_encode(table, shape, fields), row_id, *(expect or ())])
         if not returning:
             return cursor.rowcount == 1
         rows = cursor.fetchall()
@@ -1223,24 +1212,42 @@ class _Direct:
             same = shapes.get(names)
             if same is None:
                 same = shapes[names] = (self._update_shape(table, fields, -1, False), [])
-            same[1].append([*_encode(table, same[0].steps, fields), row_id])
-        for (sql, _steps), rows in shapes.values():
-            _run(driver, sql, rows, many=True)
+            same[1].append([*_encode(table, same[0], fields), row_id])
+        for shape, rows in shapes.values():
+            _run(driver, shape.sql, rows, many=True)
 
 
 class _Shape(NamedTuple):
-    """A direct statement's SQL, and the (position, processor) of each of its values that needs one."""
+    """A direct statement's SQL, and the (position, processor, kind) of each of its values that needs a
+    processor, the kind saying what `_encode` writes out: `_TEXT` (`_fast_json_text`), `_TIME` (a
+    DateTime column's), `_OTHER`."""
 
     sql: str
-    steps: tuple[tuple[int, Callable[[Any], Any]], ...]
+    steps: tuple[tuple[int, Callable[[Any], Any], int], ...]
 
 
-def _encode(table: sa.Table, steps: tuple[tuple[int, Callable[[Any], Any]], ...], values: dict[str, Any]) -> list[Any]:
-    """`values` as the driver binds them, in their order, each processed where its shape's `steps` say."""
+_TEXT, _TIME, _OTHER = 0, 1, 2
+
+
+def _encode(table: sa.Table, shape: _Shape, values: dict[str, Any]) -> list[Any]:
+    """`values` as the driver binds them, in their order, each processed where its `shape` says. What
+    `_fast_json_text` and a DateTime column's processor do for a JSON value and a datetime is written
+    out here: a call each cost a Python frame on thirteen values a chat command (-3,000 instructions)."""
     row = [*values.values()]
     try:
-        for at, process in steps:
-            row[at] = process(row[at])
+        for at, process, kind in shape.steps:
+            value = row[at]
+            if kind == _TEXT:
+                try:
+                    row[at] = orjson.dumps(value, None, _ORJSON_OPTIONS).decode()
+                except TypeError:  # as `_fast_json_text`
+                    row[at] = _json_text(value)
+            elif kind == _TIME and type(value) is datetime:  # as `_stored_datetime`
+                stored = (_SECONDS.get((value.year, value.month, value.day, value.hour, value.minute, value.second))
+                          or _seconds(value))[0]
+                row[at] = f"{stored}.{str(value.microsecond + 1_000_000)[1:]}"
+            else:
+                row[at] = process(value)
     except (TypeError, ValueError) as exc:  # as Core reports a value it cannot bind
         raise sa.exc.StatementError(f"{table.name}: {exc}", None, values, exc) from exc
     return row

@@ -1,5 +1,5 @@
-"""The store's shortcuts on the chat path: the kept texts of UTC datetimes, the direct statements'
-shapes (their SQL and value processors, made once per table and columns) and a group's driver
+"""The store's shortcuts on the chat path: the texts of datetimes written from their whole seconds', the
+direct statements' shapes (their SQL and value processors, made once per table and columns) and a group's driver
 connection, looked up once a group."""
 
 from __future__ import annotations
@@ -34,16 +34,54 @@ def test_a_kept_utc_text_is_never_the_text_of_the_same_instant_in_another_zone()
         assert stored(elsewhere) == f"2026-03-04 07:06:07.{micro:06d}"
 
 
-def test_the_kept_texts_start_again_when_full(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The kept texts are bounded; once full they start again, and a time written after reads the same."""
-    monkeypatch.setattr(storage, "_TEXTS", {})
-    monkeypatch.setattr(storage, "_TEXTS_KEPT", 4)
-    start = datetime(2026, 1, 1, tzinfo=UTC)
-    times = [start + timedelta(seconds=n, microseconds=n) for n in range(10)]
-    for value in times:
-        assert iso(value) == value.isoformat().replace("+00:00", "Z")
-        assert len(storage._TEXTS) <= 4
-    assert [iso(value) for value in times] == [value.isoformat().replace("+00:00", "Z") for value in times]
+def test_times_are_written_as_sqlalchemy_and_isoformat_write_them_across_seconds(tmp_path: Path) -> None:
+    """A datetime's stored text (its column's processor, and `_encode`'s own writing of it in a direct
+    insert) is SQLAlchemy's, and `iso` is `isoformat`'s, for UTC datetimes (no longer kept by datetime),
+    naive ones and other zones, at a second's ends and past the whole seconds `_SECONDS` keeps."""
+    dialect = sqlite_dialect()
+    reference = sa.DateTime(timezone=True).dialect_impl(dialect).bind_processor(dialect)
+    stored = storage._stored_datetime(reference)
+    last = datetime(2026, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+    times = [last, last + timedelta(microseconds=1), last.replace(microsecond=0), last.replace(tzinfo=None),
+             last.astimezone(timezone(timedelta(hours=-5))),
+             *(last + timedelta(seconds=n, microseconds=n) for n in range(100))]
+    store = Store.open(f"sqlite:///{tmp_path}/s.db")
+    try:
+        for value in times:
+            assert stored(value) == reference(value)
+            if value.tzinfo is UTC:
+                assert iso(value) == value.isoformat().replace("+00:00", "Z")
+            store._insert(storage.audit, {"event": "e", "detail": {}, "timestamp": value})
+        assert len(storage._SECONDS) <= 64
+        raw = sqlite3.connect(tmp_path / "s.db")
+        assert [text for (text,) in raw.execute("SELECT timestamp FROM audit ORDER BY id")] == \
+            [reference(value) for value in times]
+        raw.close()
+    finally:
+        store.close()
+
+
+class _Name(str):
+    pass
+
+
+def test_direct_json_values_are_the_store_s_serializer_s_text(tmp_path: Path) -> None:
+    """A JSON value of a direct insert, which `_encode` writes without calling `_fast_json_text`, is
+    stored as that writes it: by orjson, or by `json`'s rules for what orjson leaves to them (a str
+    subclass, an integer past 64 bits); and what neither takes fails the insert alone, as Core would."""
+    store = Store.open(f"sqlite:///{tmp_path}/s.db")
+    try:
+        details = [{"n": 1, "text": "é"}, None, [_Name("a")], {"big": 2**70}, {"nan": float("nan")}]
+        for detail in details:
+            store._insert(storage.audit, {"event": "e", "detail": detail, "timestamp": utcnow()})
+        with pytest.raises(sa.exc.StatementError, match=r"audit: .*not JSON serializable"):
+            store._insert(storage.audit, {"event": "e", "detail": {"at": object()}, "timestamp": utcnow()})
+        raw = sqlite3.connect(tmp_path / "s.db")
+        assert [text for (text,) in raw.execute("SELECT detail FROM audit ORDER BY id")] == \
+            [storage._fast_json_text(detail) for detail in details]
+        raw.close()
+    finally:
+        store.close()
 
 
 def test_utcnow_is_the_time_now_in_utc() -> None:
