@@ -116,6 +116,14 @@ class Action:
         return plain_types(self.parameters)
 
     @cached_property
+    def value_plan(self) -> tuple[tuple[str, dict[str, Any], Any, bool, frozenset[type] | None, bool], ...]:
+        """For each parameter, what a request with nothing to render reads of its spec
+        (`engine.parameters.value_plan`): made once, as `runner_parameter_names`."""
+        from engine.parameters import value_plan  # (that module imports this one)
+
+        return value_plan(self.parameters)
+
+    @cached_property
     def shown_as_given(self) -> bool:
         """Whether a request's values are stored and shown exactly as resolved: no `secret` parameter, and
         none whose value `mask_value` may mask (`headers`, `cookies`, `env`, a URL: `MASKED_NAMES`), so

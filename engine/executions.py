@@ -536,11 +536,12 @@ class ExecutionService:
         # processes (which must not see the job before the row) wait for the request's commit.
         runner = self.runners.get(action.runner_type)
         early = (delay <= 0 and self.executor is not None and not getattr(self.executor, "shared", False)
-                 and not _resumable(runner))
+                 and not getattr(runner, "resumable", False))  # (`_resumable`'s look, without its call)
         at_once = self._at_once(action, runner) if early and inline else None
         fence = _conducting_job.get() if parent is not None else None
         held = _held(requested_at, delay) if delay > 0 else None
-        if needs_rendering(action, supplied, render):
+        # (most requests: no templated default and nothing that renders, so nothing to ask `needs_rendering`)
+        if (action.templated_defaults or render) and needs_rendering(action, supplied, render):
             # Templates render on threads of their own, never on the event loop nor the database thread: one
             # may take up to templates.max_seconds. Their st2kv reads take a pooled connection of their own.
             resolution, revealed = await asyncio.get_running_loop().run_in_executor(
@@ -696,6 +697,9 @@ class ExecutionService:
         store = self.db.store
         if audit is None:
             store.insert_execution(record if ending is None else ending[0])
+        elif store.is_sqlite:  # `AuditEntry.together` is no savepoint there: not entered (every chat command)
+            store.insert_execution(record if ending is None else ending[0])
+            _add_request_audit(store, audit, record)
         else:
             with audit.together(store):  # one fails, neither is stored
                 store.insert_execution(record if ending is None else ending[0])
@@ -923,15 +927,19 @@ class ExecutionService:
         twentieth of a chat command's instructions; and there is nothing of its parameters in its result
         to scrub."""
         at = iso(utcnow())
-        transitions = [{"status": "scheduled", "timestamp": at}, {"status": "running", "timestamp": at}]
         try:
             outcome = run_at_once()
         except Exception as exc:
             outcome = RunOutcome("failed", {"error": str(exc), "traceback": traceback.format_exc()})
-        end, entry = _ending(outcome, [])
+        # `_ending`'s, made here: nothing to scrub, and its fields go straight into the row
+        now = utcnow()
+        status = outcome.status
+        entry = {"status": status, "timestamp": iso(now)}
         # As claimed (`running`, this process's), then ended: made at once, not claimed first and ended
         # from that (every key is the request's, so the order is its own either way).
-        ended = {**requested, "runner_info": dict(self.owner), **end, "log": [*transitions, entry]}
+        ended = {**requested, "runner_info": dict(self.owner), "status": status, "result": outcome.result,
+                 "end_timestamp": now, "log": [{"status": "scheduled", "timestamp": at},
+                                               {"status": "running", "timestamp": at}, entry]}
         if not self._completing:
             return ended, None, []
         # (its end's time as its log entry wrote it)
@@ -1221,13 +1229,14 @@ class ExecutionService:
             if finished["status"] in _SAID_IN_THE_LOG:
                 log.info("%s %s (execution %s): %s", record["action"], finished["status"], record["id"],
                          _why_it_failed(finished.get("result")))
-            else:
+            elif log.isEnabledFor(logging.DEBUG):  # (`debug` would ask the same, one call deeper: every end)
                 log.debug("%s %s", record["action"], finished["status"])
             if record is not finished:  # (a request ended as it was stored is its own end)
                 record.update(finished)
-            for write, (ok, value) in zip(writes, written or (), strict=False):
-                if ok:
-                    write.committed(value)
+            if writes:  # (most ends: none, and no zip made)
+                for write, (ok, value) in zip(writes, written or (), strict=False):
+                    if ok:
+                        write.committed(value)
             self._finished(record, shown if written is not None else None)
 
     def _completion_writes(self, record: dict[str, Any], fields: dict[str, Any],
@@ -1998,18 +2007,24 @@ def _add_request_audit(store: Store, audit: AuditEntry, record: dict[str, Any]) 
     """A request's audit event, in its transaction: with the action and the parameters as stored (secrets
     masked) unless the caller's detail says them its own way, and the new execution's id when the event is
     about something else (a chat command's alias)."""
-    if audit.target is None:
-        facts = {"action": record["action"], "parameters": record["parameters"]}
+    target = audit.target
+    # (`AuditEntry.add`'s write, without its keywords packed and unpacked, nor the facts copied into the
+    # detail: every chat command stores one)
+    if target is None:
+        store.audit_add(audit.event, audit.actor, audit.source, record["id"],
+                        {"action": record["action"], "parameters": record["parameters"], **audit.detail})
     else:
-        facts = {"execution": record["id"], "action": record["action"], "parameters": record["parameters"]}
-    # (`AuditEntry.add`'s write, without its keywords packed and unpacked: every chat command stores one)
-    store.audit_add(audit.event, audit.actor, audit.source, audit.target or record["id"], {**facts, **audit.detail})
+        store.audit_add(audit.event, audit.actor, audit.source, target or record["id"],
+                        {"execution": record["id"], "action": record["action"], "parameters": record["parameters"],
+                         **audit.detail})
 
 
 def _written(write: CompletionWrite, store: Store, execution_id: str) -> tuple[bool, Any]:
     """Run one `CompletionWrite` in the end's transaction; a failure rolls back its own writes alone,
     unless the database itself failed: then the end's call fails with it (see `Database`)."""
     try:
+        if write.one_statement and store.is_sqlite:  # `Store.isolated` isolates nothing then: not entered
+            return True, write.write(store)  # (every chat command's result)
         with store.isolated(write.one_statement):
             return True, write.write(store)
     except Exception as exc:

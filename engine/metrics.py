@@ -24,8 +24,10 @@ keys (`st2.action.executions`, `st2.action.<ref>`, `st2.action.<status>`, `st2.r
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ipaddress
+import itertools
 import logging
 import socket
 import threading
@@ -47,6 +49,8 @@ __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "metrics", "source_of"]
 
 #: Timer trigger types: executions their rules request count as source `timer`.
 _TIMERS = ("core.st2.IntervalTimer", "core.st2.DateTimer", "core.st2.CronTimer")
+#: The context keys that may say an execution's source is other than its `source` (`source_of`).
+_ORIGINS = frozenset({"trigger_instance", "rule", "parent"})
 _DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 _HTTP_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 _LIVE = ("running", "pausing", "canceling", "resuming")
@@ -61,14 +65,16 @@ def source_of(context: Mapping[str, Any] | None) -> str:
     """Where an execution came from: chat, web, api, cli, rule, timer or workflow (its task)."""
     if not context:
         return "api"
-    instance = context.get("trigger_instance")  # (none, most: no empty mapping made to look in)
-    if instance and instance.get("name") in _TIMERS:
-        return "timer"
-    if context.get("rule"):
-        return "rule"
-    if context.get("parent"):
-        return "workflow"
-    return str(context.get("source") or "api")
+    if not _ORIGINS.isdisjoint(context):  # (most: none of the three, found in one look; asked twice an execution)
+        instance = context.get("trigger_instance")
+        if instance and instance.get("name") in _TIMERS:
+            return "timer"
+        if context.get("rule"):
+            return "rule"
+        if context.get("parent"):
+            return "workflow"
+    source = context.get("source")
+    return source if type(source) is str and source else str(source or "api")
 
 
 #: The statuses `EXECUTION_FINISHED` carries that are no end (a workflow paused, an inquiry awaiting its answer).
@@ -82,7 +88,9 @@ class Metrics:
         self.enabled = True
         #: StackStorm-style statsd copies of the events (`metrics.statsd`), or None.
         self.statsd: Statsd | None = None
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        #: Each series by its metric and labels: a metric hashes by identity (prometheus-client defines no
+        #: equality), so it is its own key, without an `id()` call on every increment.
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         #: Counter increments not yet added to their series, as (counter, labels, amount): appending
         #: costs a tenth of prometheus-client's `inc` (its checks, a lock), and `exposition` adds each
         #: series' total once. Added early past `_FOLD_AT`, so a process nobody scrapes stays small.
@@ -185,10 +193,16 @@ class Metrics:
         action = record["action"]
         self._add(self.executions_finished,
                   (action, action.partition(".")[0], record["status"], source_of(record.get("context"))))
-        if record.get("elapsed_seconds") is not None:
-            self._child(self.execution_duration, record.get("runner") or "").observe(float(record["elapsed_seconds"]))
+        elapsed = record.get("elapsed_seconds")
+        if elapsed is not None:
+            runner = record.get("runner") or ""
+            # (`_child`'s look, without its call while the series is kept: every execution)
+            child = self._children.get((self.execution_duration, (runner,)))
+            if child is None:
+                child = self._child(self.execution_duration, runner)
+            child.observe(float(elapsed))
         if self.statsd is not None:
-            milliseconds = round(float(record.get("elapsed_seconds") or 0) * 1000, 3)
+            milliseconds = round(float(elapsed or 0) * 1000, 3)
             self.statsd.send((f"action.{record['status']}", 1, "c"), ("action.executions", milliseconds, "ms"),
                              (f"action.{action}", milliseconds, "ms"))
 
@@ -218,7 +232,7 @@ class Metrics:
                              (f"{service}.responses.status.{status}", "+1", "g"))
 
     def _add(self, counter: Counter, labels: tuple[str, ...], amount: float = 1) -> None:
-        if (id(counter), labels) not in self._children:
+        if (counter, labels) not in self._children:
             # A new series is made at its first increment, not when the increments are added to it (a scrape,
             # or past `_FOLD_AT`): prometheus-client stamps its `_created` then, which must say when it
             # began counting, not when it was first scraped. Once per series; the increment itself waits.
@@ -228,21 +242,25 @@ class Metrics:
             self._fold()
 
     def _fold(self) -> None:
-        """Add the recorded increments to their series, one `inc` per series."""
+        """Add the recorded increments to their series, one `inc` per series. Those recorded so far are
+        taken off the deque and counted alike in C (`popleft` called by `iter`, `collections.Counter`), no
+        Python step per increment (a chat command records five); any recorded meanwhile wait for the next.
+        (callgrind, chat at 100 in flight: with `_children` keyed without `id()`, about -15,000 instructions
+        a command, 897,798 -> 882,096.)"""
+        counts = self._counts
+        alike: collections.Counter[tuple[Counter, tuple[str, ...], float]] = collections.Counter()
+        with contextlib.suppress(IndexError):  # another thread folded some meanwhile: those are its to add
+            alike.update(itertools.islice(iter(counts.popleft, None), len(counts)))
         totals: dict[tuple[Counter, tuple[str, ...]], float] = {}
-        while True:
-            try:
-                counter, labels, amount = self._counts.popleft()
-            except IndexError:
-                break
-            totals[counter, labels] = totals.get((counter, labels), 0) + amount
+        for (counter, labels, amount), times in alike.items():
+            totals[counter, labels] = totals.get((counter, labels), 0) + amount * times
         for (counter, labels), amount in totals.items():
             self._child(counter, *labels).inc(amount)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """`metric.labels(*labels)`, kept: prometheus-client takes a lock and builds a key on every
         `labels()` call, a few microseconds that a chat command pays seven times over."""
-        key = (id(metric), labels)
+        key = (metric, labels)
         child = self._children.get(key)
         if child is None:
             child = self._children[key] = metric.labels(*labels)

@@ -436,7 +436,8 @@ class PolicyExecutor:
     def holds(self, action_ref: str) -> bool:
         """Whether a concurrency policy may delay or cancel runs of `action_ref`: those are submitted,
         never run in the call that stores them (`ExecutionService._at_once`)."""
-        return any(p.concurrency for p in self.policies.get(action_ref, ()))
+        policies = self.policies.get(action_ref)
+        return bool(policies) and any(p.concurrency for p in policies)  # (most actions: none, no generator)
 
     async def cancel(self, execution_id: str) -> bool:
         return await self.inner.cancel(execution_id)
@@ -571,10 +572,14 @@ class PolicyExecutor:
 
     # -- after a run ------------------------------------------------------------------------------
     def _on_finished(self, record: dict[str, Any]) -> Any:
+        execution_id = record["id"]
+        if execution_id not in self._queued and execution_id not in self._keys_of and not self.policies.get(
+                record["action"]):
+            return None  # most ends: nothing held, queued nor retried (every execution's end asks)
         tasks = []
-        self._dequeue(record["id"])  # ended while it waited for a slot (canceled): it leaves the queue
-        if record["id"] in self._keys_of:
-            self._release(record["id"])
+        self._dequeue(execution_id)  # ended while it waited for a slot (canceled): it leaves the queue
+        if execution_id in self._keys_of:
+            self._release(execution_id)
             if ready := self._take_ready(record["action"]):
                 tasks.append(self._start(record["action"], ready))
         retry = self._retry(record)
