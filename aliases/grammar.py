@@ -1089,6 +1089,8 @@ class CompiledFormat:
     #: The format's own regex (under the empty set) and one per set of placeholders pairs supply.
     _variants: dict[frozenset[str], _Variant] = field(repr=False, default_factory=dict)
     _defaults: tuple[tuple[str, Any], ...] = field(repr=False, default=())
+    #: The placeholders with a default (`{{ name = default }}`), for `AliasMatch.authored`.
+    defaulted: frozenset[str] = field(repr=False, default=frozenset())
     _typed: tuple[tuple[str, str], ...] = field(repr=False, default=())
     _slots: tuple[tuple[str, int], ...] = field(repr=False, default=())
     score: tuple[int, int] = (0, 0)  # specificity: more literal characters first, then fewer placeholders
@@ -1097,6 +1099,7 @@ class CompiledFormat:
         self.score = (self.literal_count, -self.placeholder_count)
         self._defaults = tuple((p.name, _convert(p.kind, p.default) if p.kind and p.default else p.default)
                                for p in self.placeholders.values() if p.default is not None)
+        self.defaulted = frozenset(name for name, _default in self._defaults)
         self._typed = tuple((p.name, p.kind) for p in self.placeholders.values() if p.kind)
         # Where each parameter sits in `Match.groups()` (the relaxed variants number groups the same).
         self._slots = tuple((name, number - 1) for name, number in self.regex.groupindex.items()

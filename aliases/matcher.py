@@ -70,8 +70,7 @@ class AliasMatch:
         without parameters: asked twice of every command, `!ping` among them)."""
         if not self.parameters:
             return set()
-        placeholders = compile_format(self.representation).placeholders
-        return {name for name in self.parameters if name not in placeholders}
+        return self.parameters.keys() - compile_format(self.representation).placeholders.keys()  # (no comprehension)
 
     @property
     def authored(self) -> set[str]:
@@ -79,7 +78,10 @@ class AliasMatch:
         text, which renders as a template. Everything a person typed is data."""
         if not self.parameters:
             return set()
-        placeholders = compile_format(self.representation).placeholders
+        compiled = compile_format(self.representation)
+        if not compiled.defaulted:  # no placeholder has a default (most formats): no comprehension to run
+            return set()
+        placeholders = compiled.placeholders
         return {name for name, value in self.parameters.items()
                 if name in placeholders and placeholders[name].default is not None
                 and value == placeholders[name].default}

@@ -87,8 +87,10 @@ class Alias:
         pack reload loads new `Alias`es, and `dataclasses.replace` makes a new one)."""
         return f"{self.pack}.{self.name}"
 
-    @property
+    @cached_property
     def representations(self) -> list[str]:
+        """Every format's representations, made once, as `ref`: every chat command's authorisation asks
+        (`CommandService._allowed`); a pack reload loads new `Alias`es, whose formats are their own."""
         return [r for f in self.formats for r in f.representations]
 
     @property

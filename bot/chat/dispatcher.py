@@ -61,7 +61,7 @@ from engine.executions import (
     ExecutionStateError,
     public,
 )
-from engine.logs import logging_context
+from engine.logs import log_context
 from engine.metrics import metrics
 from engine.packs import UnknownAction
 from engine.parameters import MASK, ParameterError, mask_value
@@ -108,6 +108,17 @@ ANSWERS = "@"
 
 #: The message being handled (`Dispatcher.handle`), for `say_unstored`, however deep it is called.
 _handling: ContextVar[_Taken | None] = ContextVar("handling", default=None)
+
+
+def _log_context(message: Message) -> dict[str, Any]:
+    """What `message`'s handling logs with (`engine.logs.logging_context(adapter=, channel=, user=)`'s context,
+    None values left out as it leaves them), made as one dict display and set by `Dispatcher.handle` itself:
+    not a `logging_context` with its keywords, comprehension, `__enter__` and `__exit__` for every message."""
+    adapter, channel, user = message.adapter, message.channel, message.user
+    if adapter is None or channel is None or user is None:  # (no adapter makes one so: each is text)
+        given = {"adapter": adapter, "channel": channel, "user": user}
+        return {**log_context.get(), **{key: value for key, value in given.items() if value is not None}}
+    return {**log_context.get(), "adapter": adapter, "channel": channel, "user": user}
 
 
 def _delivered(message: Message) -> _Taken | None:
@@ -373,15 +384,16 @@ class Dispatcher:
         acknowledgement for (Slack) sends this one again. Never waits for an action to run."""
         taken = _Taken(message.delivery)
         token = _handling.set(taken)
+        logged = log_context.set(_log_context(message))
         try:
-            with logging_context(adapter=message.adapter, channel=message.channel, user=message.user):
-                if tracing.enabled():
-                    with tracing.span("chat.message", adapter=message.adapter, channel=message.channel,
-                                      user=message.user):
-                        await self._handle_safely(message)
-                else:  # no no-op span to enter and leave (`_NO_SPAN`)
+            if tracing.enabled():
+                with tracing.span("chat.message", adapter=message.adapter, channel=message.channel,
+                                  user=message.user):
                     await self._handle_safely(message)
+            else:  # no no-op span to enter and leave (`_NO_SPAN`)
+                await self._handle_safely(message)
         finally:
+            log_context.reset(logged)
             _handling.reset(token)
         return taken.stored
 

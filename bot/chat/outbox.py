@@ -349,7 +349,9 @@ class Outbox:
         """`post_keyed`'s replies, fitted, ready to store (`Keyed.store`, in any transaction: the
         result's is the execution's end's) and then to queue; None when there is nothing to store. Every
         chat command's result comes here, most without status edits (no ack, or no edits): none fitted."""
-        replies = [part for reply in replies for part in self.parts(reply)]
+        # One reply (a command's result, an ack): its parts as `parts` makes them, no comprehension around them.
+        replies = (self.parts(replies[0]) if len(replies) == 1 else
+                   [part for reply in replies for part in self.parts(reply)])
         if status:
             status = [part for reply in status for part in self.parts(reply)]
             rows = [*keyed_rows("status", status), *keyed_rows(key, replies)]
