@@ -2007,16 +2007,11 @@ def _add_request_audit(store: Store, audit: AuditEntry, record: dict[str, Any]) 
     """A request's audit event, in its transaction: with the action and the parameters as stored (secrets
     masked) unless the caller's detail says them its own way, and the new execution's id when the event is
     about something else (a chat command's alias)."""
-    target = audit.target
-    # (`AuditEntry.add`'s write, without its keywords packed and unpacked, nor the facts copied into the
-    # detail: every chat command stores one)
-    if target is None:
-        store.audit_add(audit.event, audit.actor, audit.source, record["id"],
-                        {"action": record["action"], "parameters": record["parameters"], **audit.detail})
-    else:
-        store.audit_add(audit.event, audit.actor, audit.source, target or record["id"],
-                        {"execution": record["id"], "action": record["action"], "parameters": record["parameters"],
-                         **audit.detail})
+    detail = {"action": record["action"], "parameters": record["parameters"], **audit.detail}
+    if audit.target is not None:
+        detail = {"execution": record["id"], **detail}
+    # (`AuditEntry.add`'s write, without its keywords packed and unpacked: every chat command stores one)
+    store.audit_add(audit.event, audit.actor, audit.source, audit.target or record["id"], detail)
 
 
 def _written(write: CompletionWrite, store: Store, execution_id: str) -> tuple[bool, Any]:

@@ -73,8 +73,7 @@ def source_of(context: Mapping[str, Any] | None) -> str:
             return "rule"
         if context.get("parent"):
             return "workflow"
-    source = context.get("source")
-    return source if type(source) is str and source else str(source or "api")
+    return str(context.get("source") or "api")
 
 
 #: The statuses `EXECUTION_FINISHED` carries that are no end (a workflow paused, an inquiry awaiting its answer).
@@ -195,12 +194,7 @@ class Metrics:
                   (action, action.partition(".")[0], record["status"], source_of(record.get("context"))))
         elapsed = record.get("elapsed_seconds")
         if elapsed is not None:
-            runner = record.get("runner") or ""
-            # (`_child`'s look, without its call while the series is kept: every execution)
-            child = self._children.get((self.execution_duration, (runner,)))
-            if child is None:
-                child = self._child(self.execution_duration, runner)
-            child.observe(float(elapsed))
+            self._child(self.execution_duration, record.get("runner") or "").observe(float(elapsed))
         if self.statsd is not None:
             milliseconds = round(float(elapsed or 0) * 1000, 3)
             self.statsd.send((f"action.{record['status']}", 1, "c"), ("action.executions", milliseconds, "ms"),

@@ -347,8 +347,7 @@ def resolve(action: Action, supplied: Mapping[str, Any], context: Mapping[str, A
     were `secret`: its spec may not say so (a pack author's integer parameter defaulting to a
     decrypted key), and the error goes to whoever asked, the logs and the trace."""
     schema = action.parameters
-    if not (supplied.keys() <= schema.keys() and action.immutable_names.isdisjoint(supplied)):
-        _check_names(action, supplied)  # refuses it (most requests: `_check_names`' shortcut, without its call)
+    _check_names(action, supplied)
     if not render and not sensitive and not action.templated_defaults:
         return _resolve_given(action, supplied)  # most requests
 

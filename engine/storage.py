@@ -516,7 +516,7 @@ def _seconds(value: datetime) -> tuple[str, str]:
 def _stored_datetime(fallback: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
     """SQLAlchemy's SQLite DATETIME bind processor's text ("2026-12-03 15:06:13.717850", the time zone
     dropped) for a datetime, by `_seconds` (see `iso`); anything else (None, a date) goes to SQLAlchemy's
-    own. (`_encode` writes a datetime's text itself, the same way.)"""
+    own."""
 
     def process(value: Any) -> Any:
         if type(value) is datetime:
@@ -1114,21 +1114,14 @@ class _Direct:
         serialize = getattr(dialect, "_json_serializer", None) or json_dumps()
         json_bind = (serialize if serialize in (_fast_json_text, _json_text) else
                      functools.partial(_json_or_null, serialize))
-        #: The DateTime columns' processors, whose call `_encode` spares a datetime.
-        self._times: set[Callable[[Any], Any]] = set()
 
         for table in metadata.tables.values():
             impls = {column.name: column.type.dialect_impl(dialect) for column in table.c}
-            binds: dict[str, Callable[[Any], Any] | None] = {}
-            for name, impl in impls.items():
-                if isinstance(impl, sa.JSON):
-                    binds[name] = json_bind
-                elif isinstance(impl, sa.DateTime):
-                    process = binds[name] = _stored_datetime(impl.bind_processor(dialect))
-                    self._times.add(process)
-                else:
-                    binds[name] = impl.bind_processor(dialect)
-            self._binds[table.name] = binds
+            self._binds[table.name] = {
+                name: json_bind if isinstance(impl, sa.JSON) else
+                _stored_datetime(impl.bind_processor(dialect)) if isinstance(impl, sa.DateTime) else
+                impl.bind_processor(dialect)
+                for name, impl in impls.items()}
             self._results[table.name] = {name: impl.result_processor(dialect, None) for name, impl in impls.items()}
         # By (table, *columns), (table, unique, *columns) and (table, columns, expect, returning).
         self._inserts: dict[tuple[str, ...], _Shape] = {}
@@ -1139,12 +1132,10 @@ class _Direct:
         """The shape of `sql`, a statement on the columns of `values` in their order."""
         binds = self._binds[table.name]
         try:
-            steps = [(at, process) for at, name in enumerate(values) if (process := binds[name]) is not None]
+            return _Shape(sql, tuple((at, process) for at, name in enumerate(values)
+                                     if (process := binds[name]) is not None))
         except KeyError as exc:  # as Core reports a column the table has not
             raise sa.exc.StatementError(f"{table.name}: {exc}", None, values, exc) from exc
-        return _Shape(sql, tuple(
-            (at, process, _TEXT if process is _fast_json_text else _TIME if process in self._times else _OTHER)
-            for at, process in steps))
 
     def insert(self, driver: sqlite3.Connection | sqlite3.Cursor, table: sa.Table, record: dict[str, Any]) -> int:
         """Insert one row; returns its rowid (the id of tables with an integer key)."""
@@ -1218,34 +1209,25 @@ class _Direct:
 
 
 class _Shape(NamedTuple):
-    """A direct statement's SQL, and the (position, processor, kind) of each of its values that needs a
-    processor, the kind saying what `_encode` writes out: `_TEXT` (`_fast_json_text`), `_TIME` (a
-    DateTime column's), `_OTHER`."""
+    """A direct statement's SQL, and the (position, processor) of each of its values that needs one."""
 
     sql: str
-    steps: tuple[tuple[int, Callable[[Any], Any], int], ...]
-
-
-_TEXT, _TIME, _OTHER = 0, 1, 2
+    steps: tuple[tuple[int, Callable[[Any], Any]], ...]
 
 
 def _encode(table: sa.Table, shape: _Shape, values: dict[str, Any]) -> list[Any]:
     """`values` as the driver binds them, in their order, each processed where its `shape` says. What
-    `_fast_json_text` and a DateTime column's processor do for a JSON value and a datetime is written
-    out here: a call each cost a Python frame on thirteen values a chat command (-3,000 instructions)."""
+    `_fast_json_text` does for a JSON value is written out here: its call cost a Python frame on most of a
+    chat command's thirteen processed values."""
     row = [*values.values()]
     try:
-        for at, process, kind in shape.steps:
+        for at, process in shape.steps:
             value = row[at]
-            if kind == _TEXT:
+            if process is _fast_json_text:
                 try:
                     row[at] = orjson.dumps(value, None, _ORJSON_OPTIONS).decode()
                 except TypeError:  # as `_fast_json_text`
                     row[at] = _json_text(value)
-            elif kind == _TIME and type(value) is datetime:  # as `_stored_datetime`
-                stored = (_SECONDS.get((value.year, value.month, value.day, value.hour, value.minute, value.second))
-                          or _seconds(value))[0]
-                row[at] = f"{stored}.{str(value.microsecond + 1_000_000)[1:]}"
             else:
                 row[at] = process(value)
     except (TypeError, ValueError) as exc:  # as Core reports a value it cannot bind
