@@ -507,7 +507,8 @@ def test_pause_resume_and_cancel_reach_a_workflow_on_a_worker(cluster: Cluster, 
             assert time.monotonic() < deadline, "the workflow's first task did not start"
             time.sleep(0.1)
 
-    paused = cluster.request("demo.slow_flow", f"marker={tmp_path / 'paused'}")
+    # The pause's CLI must start while the first task runs, as the cancel's below.
+    paused = cluster.request("demo.slow_flow", f"marker={tmp_path / 'paused'}", "seconds=15")
     first_task_running(paused)
     cluster.cli("execution", "pause", paused, as_json=False)
     assert cluster.wait(paused, "paused")["status"] == "paused"  # once its running task finished
