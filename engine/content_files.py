@@ -20,6 +20,19 @@ from engine.files import write_atomically
 _ENABLED = re.compile(r"^enabled[ \t]*:[ \t]*[^#\n]*?(?P<rest>[ \t]*(#[^\n]*)?)$", re.MULTILINE)
 
 
+#: A top-level `enabled:` line whole, its line end included: what `without_enabled` takes out.
+_ENABLED_LINE = re.compile(r"^enabled[ \t]*:[^\n]*(?:\n|\Z)", re.MULTILINE)
+
+
+def without_enabled(text: str) -> str:
+    """A metadata file's text as it would read had `set_enabled` never written it: its top-level
+    `enabled:` lines and its final line ends left out. A pack's content hash reads action metadata so
+    (`Pack.content_hash`): `st2 action disable` on one serve node must not make the workers refuse
+    every execution of the pack requested from that node, and an action's state is serve's to check
+    (a disabled action's requests are refused before a worker sees them)."""
+    return _ENABLED_LINE.sub("", text).rstrip("\n")
+
+
 class ContentFileError(Exception):
     """The content's file cannot be changed as asked; the message says why and what to do instead."""
 

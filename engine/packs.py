@@ -6,6 +6,7 @@ file, the line and the reason, and everything else in the pack (and every other 
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import gc
 import hashlib
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.actions import Action, build_action
+from engine.content_files import without_enabled
 from engine.files import write_atomically
 from engine.yamlfile import FAST_LOADER, ContentError, ContentInvalid, LineMap, load_yaml
 
@@ -122,14 +124,21 @@ class Pack:
         the same pack, whatever the files' times. Worked out once per process, at the first request of
         one of its actions under the scale-out executor. Rules, aliases and sensors are left out: the
         web UI's rule switch (and `st2 rule disable`) rewrites a rule file on one serve node, which
-        must not stop the workers running the pack's actions."""
+        must not stop the workers running the pack's actions. So is an action's `enabled:` line, which `st2
+        action disable` rewrites: an action's metadata (a YAML file right in `actions/`) is read
+        `without_enabled`."""
         if self._content_hash is None:
             digest = hashlib.sha256()
             for file in sorted(p for p in self.path.rglob("*") if p.is_file() and not _UNHASHED.intersection(
                     p.relative_to(self.path).parts) and p.suffix != ".pyc"
                     and p.relative_to(self.path).parts[0] not in SERVE_ONLY):
-                digest.update(file.relative_to(self.path).as_posix().encode() + b"\0")
-                digest.update(hashlib.sha256(file.read_bytes()).digest())
+                relative = file.relative_to(self.path)
+                content = file.read_bytes()
+                if relative.parent.as_posix() == "actions" and relative.suffix in (".yaml", ".yml"):
+                    with contextlib.suppress(UnicodeDecodeError):  # no action loads from it: its bytes
+                        content = without_enabled(content.decode("utf-8")).encode("utf-8")
+                digest.update(relative.as_posix().encode() + b"\0")
+                digest.update(hashlib.sha256(content).digest())
             self._content_hash = digest.hexdigest()
         return self._content_hash
 

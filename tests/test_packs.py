@@ -9,6 +9,7 @@ import pytest
 
 from engine.actions import build_action
 from engine.config import SYSTEM_PACKS_PATH
+from engine.content_files import set_enabled
 from engine.packs import (
     ContentWarning,
     Registry,
@@ -445,6 +446,35 @@ def test_a_packs_content_hash_leaves_out_what_only_serve_reads(tmp_path: Path) -
     assert content_hash() == before
     write(packs / "demo" / "actions" / "hello.yaml", "name: hello\nrunner_type: noop\ndescription: x\n")
     assert content_hash() != before
+
+
+def test_an_actions_enabled_switch_leaves_its_packs_content_hash_as_it_was(tmp_path: Path) -> None:
+    """`st2 action disable` rewrites the action's `enabled:` line on the serve node it reaches; that
+    changed the pack's hash there, so the workers refused every execution of the pack requested from
+    that node. Any other change to the action's metadata still changes it."""
+    packs = tmp_path / "packs"
+    manifest(packs, "demo")
+    hello = packs / "demo" / "actions" / "hello.yaml"
+    write(hello, "name: hello\nrunner_type: noop")  # no final line end: set_enabled adds one with its line
+
+    def content_hash() -> str:
+        return load(tmp_path).packs["demo"].content_hash()
+
+    before = content_hash()
+    assert set_enabled(hello, False, default=True)
+    assert hello.read_text() == "name: hello\nrunner_type: noop\nenabled: false\n"
+    assert content_hash() == before
+    assert set_enabled(hello, True, default=True)
+    assert content_hash() == before
+    write(hello, "enabled: false  # off for the freeze\nname: hello\nrunner_type: noop\n")
+    assert content_hash() == before
+    write(hello, "name: hello\nrunner_type: noop\ndescription: x\n")
+    assert content_hash() != before
+    write(hello, "name: hello\nrunner_type: noop")
+    write(packs / "demo" / "actions" / "workflows" / "flow.yaml", "enabled: true\n")
+    changed = content_hash()
+    write(packs / "demo" / "actions" / "workflows" / "flow.yaml", "enabled: false\n")
+    assert content_hash() != changed  # only an action's own metadata file is read without it
 
 
 def test_pack_config_that_is_not_a_mapping_is_reported(tmp_path: Path) -> None:
