@@ -189,7 +189,7 @@ async def test_a_noop_command_s_ack_request_and_result_share_one_commit_ack_firs
         assert ack.reply.text == f"Running core.noop ({execution['id']})" and ack.reply.thread == "m1"
         assert ack.edits and "succeeded" in ack.edits[-1]
         assert result.reply.text == "did nothing" and result.reply.thread == "m1"
-        assert ["_prepare"] in groups  # one write, one commit: the request with its ack, its end and its result
+        assert ["_store"] in groups  # one write, one commit: the request with its ack, its end and its result
         assert squall.store.outbox_keyed_id(execution["id"], "ack") < squall.store.outbox_keyed_id(execution["id"],
                                                                                                      "result")
 

@@ -282,7 +282,7 @@ async def test_a_request_and_its_claim_share_a_commit_and_a_refused_one_leaves_n
     with commit_groups(squall) as groups:
         requested = await squall.executions.request("core.local", {"cmd": "true"})
         await squall.executions.wait(requested["id"], timeout=30)
-    assert ["_prepare", "_claim"] in groups  # one commit stores and claims it
+    assert ["_store", "_claim"] in groups  # one commit stores and claims it
     for _ in range(80):  # more than the executor's 64 slots: a leaked slot would stall the next run
         with pytest.raises(ParameterError, match="unknown parameter"):
             await squall.executions.request("core.local", {"cmd": "true", "surprise": 1})
@@ -303,7 +303,7 @@ async def test_a_noop_run_ends_in_the_write_that_stores_its_request(squall: Squa
     with commit_groups(squall) as groups:
         requested = await squall.executions.request("core.noop")
         done = await squall.executions.wait(requested["id"], timeout=30)
-    assert groups == [["_prepare"]]
+    assert groups == [["_store"]]
     assert requested["status"] == "requested"  # what was asked for, as `request` always answers
     assert done["status"] == "succeeded" and done["result"] == {"failed": False, "succeeded": True, "return_code": 0}
     assert [entry["status"] for entry in done["log"]] == ["requested", "scheduled", "running", "succeeded"]

@@ -254,7 +254,7 @@ async def test_a_noop_action_under_a_concurrency_policy_waits_for_a_claim(home: 
             free = await squall.executions.request("core.noop")
             assert (await squall.executions.wait(free["id"], timeout=20))["status"] == "succeeded"
         assert any("_claim" in group for group in groups[:-1])  # the held one: stored, then claimed
-        assert groups[-1] == ["_prepare"]  # the free one: ended as it was stored
+        assert groups[-1] == ["_store"]  # the free one: ended as it was stored
     finally:
         await squall.close()
 
