@@ -59,6 +59,20 @@ def test_an_audited_request_masks_secrets_headers_and_everything_of_an_action_no
     assert _audited(parameters, "p.act", _engine()) == {"what": MASK, "headers": MASK, "none": None}
 
 
+def test_an_audited_request_of_an_action_with_nothing_to_mask_is_a_copy_and_a_reloaded_secret_is_masked() -> None:
+    parameters = {"what": "hunter2", "none": None}
+    plain = _action({"what": {"type": "string"}, "none": {"type": "string"}})
+    assert plain.shown_as_given
+    shown = _audited(parameters, "p.act", _engine(plain))
+    assert shown == parameters and shown is not parameters
+    reloaded = _action({"what": {"type": "string", "secret": True}, "none": {"type": "string"}})  # a pack reload
+    assert _audited(parameters, "p.act", _engine(reloaded)) == {"what": MASK, "none": None}
+    url = {"url": "https://ann:hunter2@example.com/"}  # declared where the action masks it: not shown as given
+    assert MASK in _audited(url, "p.act", _engine(_action({"url": {"type": "string"}})))["url"]
+    undeclared = {"what": "x", "repo_url": "https://ann:hunter2@example.com/"}  # a name the action lacks
+    assert "hunter2" not in str(_audited(undeclared, "p.act", _engine(plain)))
+
+
 def test_request_parameters_are_a_new_dict_with_or_without_immutable_parameters() -> None:
     action = _action({"what": {"type": "string"}, "who": {"type": "string"}})
     match = AliasMatch(_alias(), None, "run {{what}}", {"what": "x"})

@@ -106,3 +106,23 @@ async def test_a_channels_replies_go_out_in_order_whether_its_worker_waits_sends
     await asyncio.sleep(0)
     assert outbox.pending == 0
     await outbox.close()
+
+
+async def test_the_outbox_is_idle_exactly_while_no_reply_is_pending() -> None:
+    """`_idle` (what `drain` waits on) is cleared by the first reply queued while none is pending, left clear
+    by the others (`_enqueue` clears it only then), and set as the last one settles, again after it."""
+    db = _Rounds()
+    outbox = Outbox(db, {"loopback": LoopbackAdapter()}, hold=True)  # type: ignore[arg-type]
+    reply = Reply(adapter="loopback", channel="#idle", text="one")
+    assert outbox._idle.is_set()
+    for round_ in range(2):
+        outbox._enqueue(10 * round_ + 1, reply)
+        assert not outbox._idle.is_set()
+        outbox._enqueue(10 * round_ + 2, reply)
+        assert not outbox._idle.is_set() and outbox.pending == 2
+        outbox._settled()
+        assert not outbox._idle.is_set()
+        outbox._settled()
+        assert outbox._idle.is_set() and outbox.pending == 0
+        await asyncio.wait_for(outbox.drain(), 1)
+    await outbox.close()

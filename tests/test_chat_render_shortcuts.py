@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -97,3 +98,34 @@ def test_a_messages_log_context_is_logging_contexts() -> None:
     unnamed = replace(message, user=None)  # type: ignore[arg-type]
     with logging_context(user="bob"):
         assert _log_context(unnamed) == {"user": "bob", "adapter": "slack", "channel": "C1"}
+
+
+@pytest.mark.parametrize("template", [
+    "a{% raw %}{{ b }}{% endraw %}{{ x.y }}c{% raw %}}{% endraw %}",  # texts next to each other, joined once
+    "{{ x.y }}{{ x.y }}", "{ {{ x.y }} }", "{{ x['get'] }}", "{{ x.n }} of {{ x.z }}", "{{ x.get }}", "{{ x }}",
+])
+def test_a_lookup_plans_texts_and_keys_render_as_jinja_renders_them(template: str) -> None:
+    """`_lookups` joins a look-up's texts and decides its attributes once (one dicts have: a key no dict holds,
+    so Jinja renders `.get`); what `_looked_up` makes of the plan is what Jinja's render makes."""
+    variables = {"x": {"y": "why", "get": "an item named get", "n": 3, "z": None}}
+    for env in (build_environment(), LENIENT):
+        assert compiled(env, template).squall_lookups is not None
+        assert render_template(template, variables, env) == env.from_string(template).render(variables)
+
+
+async def test_handle_is_its_coroutine_with_tracing_off_and_answers_as_it_did(home: Path) -> None:
+    """`Dispatcher.handle` with tracing off is `_handle_safely`'s coroutine itself (no coroutine around it):
+    whatever way a message ends, it answers whether it was stored, and leaves the log context as it was."""
+    from bot.chat import dispatcher as dispatching
+    from tests.test_chat import _config, loopback_chat, settle
+
+    _config(home)
+    async with loopback_chat(home) as (squall, bot, loopback):
+        before = log_context.get()
+        for text in ("just chatter", "!help", "!ping"):  # no command, an early return, a command run
+            handled = bot.dispatcher.handle(Message(adapter="loopback", channel="#ops", user="ann", text=text))
+            assert handled.cr_code is dispatching.Dispatcher._handle_safely.__code__  # type: ignore[attr-defined]
+            assert await handled is True
+            assert log_context.get() == before and dispatching._handling.get() is None
+        await settle(squall, bot)
+        assert "pong" in loopback.texts()

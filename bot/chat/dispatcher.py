@@ -374,30 +374,33 @@ class Dispatcher:
         return self._ranker
 
     # -- entry point -----------------------------------------------------------------------
-    async def handle(self, message: Message) -> bool:
+    def handle(self, message: Message) -> Coroutine[Any, Any, bool]:
         """Handle one message; whatever goes wrong, the person gets an answer and the bot stays up.
 
         Returns once what the message carries is stored (a command's request with its ack, a reply), or
         it was no command: True; False when the database took nothing of it (its sender was told,
         `say_unstored`). The adapter acknowledges the message to its platform then, never before (the
         handler contract, `adapters.base.MessageHandler`): a platform that sends again what it got no
-        acknowledgement for (Slack) sends this one again. Never waits for an action to run."""
+        acknowledgement for (Slack) sends this one again. Never waits for an action to run.
+
+        With tracing off, `_handle_safely` itself, not a coroutine around it: every level of a command's
+        coroutines is passed through again as its request waits for the database (twice a command), about
+        1,500 instructions a level (callgrind, a chain of coroutines)."""
+        if tracing.enabled():
+            return self._handle_traced(message)
+        return self._handle_safely(message)  # no no-op span to enter and leave (`_NO_SPAN`)
+
+    async def _handle_traced(self, message: Message) -> bool:
+        """`_handle_safely` in the message's `chat.message` span."""
+        with tracing.span("chat.message", adapter=message.adapter, channel=message.channel, user=message.user):
+            return await self._handle_safely(message)
+
+    async def _handle_safely(self, message: Message) -> bool:
+        """`handle`'s work, with what became of the message (`_Taken`, `_delivered`) and its log context set
+        while it runs."""
         taken = _Taken(message.delivery)
         token = _handling.set(taken)
         logged = log_context.set(_log_context(message))
-        try:
-            if tracing.enabled():
-                with tracing.span("chat.message", adapter=message.adapter, channel=message.channel,
-                                  user=message.user):
-                    await self._handle_safely(message)
-            else:  # no no-op span to enter and leave (`_NO_SPAN`)
-                await self._handle_safely(message)
-        finally:
-            log_context.reset(logged)
-            _handling.reset(token)
-        return taken.stored
-
-    async def _handle_safely(self, message: Message) -> None:
         try:
             text = self._addressed(message)
             lookup = None if text is None else _Lookup(self.commands, text)
@@ -409,14 +412,14 @@ class Dispatcher:
             threaded = adapter is None or adapter.capabilities.threads
             if not clicked and _may_answer_inquiry(message, text, threaded) \
                     and await self._inquiry_answer(message, text, threaded, lookup):
-                return
+                return taken.stored
             answers = not clicked and not self._command_amid_questions(message, lookup)
             if answers and self.forms.may_answer(message) and await self.forms.answer(message, text):
-                return  # a question of a form asked in chat: answers need no prefix
+                return taken.stored  # a question of a form asked in chat: answers need no prefix
             if text is None:
-                return  # chatter: the adapters pass every message on, the dispatcher decides
+                return taken.stored  # chatter: the adapters pass every message on, the dispatcher decides
             if self._flood is not None and not (clicked or message.clicked) and await self._flooded(message, text):
-                return
+                return taken.stored
             metrics.count(metrics.chat_messages, message.adapter)
             received = getattr(adapter, "received", None)
             if received is not None:  # the platform's "seen it" mark (Slack's status reaction)
@@ -426,6 +429,10 @@ class Dispatcher:
             log.info("%s's message came again (%s); it ran once, not again", message.user, exc)
         except Exception as exc:
             await self.tell_failure(message, exc, f"handling a message from {message.user}")
+        finally:
+            log_context.reset(logged)
+            _handling.reset(token)
+        return taken.stored
 
     async def _flooded(self, message: Message, text: str) -> bool:
         """Whether `message` is a command past its sender's `chat.flood` limit, and so dropped: not

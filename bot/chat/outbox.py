@@ -188,9 +188,11 @@ class Keyed:
         """Queue the stored rows for delivery; their ids, or None if the key was stored before."""
         if stored is None:
             return None
-        ids = [outbox_id for outbox_id, _edit in stored if outbox_id is not None]
-        for outbox_id in ids:
-            self.outbox._stored(outbox_id)
+        ids: list[int] = []
+        for outbox_id, _edit in stored:  # (one loop, no comprehension: every command's result comes here)
+            if outbox_id is not None:
+                ids.append(outbox_id)
+                self.outbox._stored(outbox_id)
         # The `skipped` row, last, is not sent.
         for (outbox_id, edit), reply in zip(stored, self.parts, strict=False):
             if outbox_id is not None:
@@ -398,8 +400,9 @@ class Outbox:
             self._workers[key] = asyncio.create_task(self._deliver(key, queue), name=f"outbox-{key}")
             if self._reaper is None:
                 self._reap_in(IDLE_AFTER)
+        if not self._pending:  # else clear already: only `_settled` sets it, as the last pending reply settles
+            self._idle.clear()
         self._pending += 1
-        self._idle.clear()
         queue.put(outbox_id, reply)
 
     async def poll(self) -> int:
