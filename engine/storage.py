@@ -479,29 +479,51 @@ utcnow: Callable[[], datetime] = functools.partial(datetime.now, UTC)
 def iso(value: datetime | None) -> str | None:
     """A stored time as StackStorm's APIs show it: ISO 8601 in UTC with a `Z` (None stays None), as
     `isoformat` writes it (no fraction when the microseconds are 0). Squall's own times (UTC) take
-    their whole seconds from `_seconds`, looked up without a call while that second is kept: ~5,000
-    instructions (callgrind), where `isoformat` costs ~11,000. Not kept by datetime: an aware datetime's
-    first hash costs ~3,500 (its offset asked of its zone), and six of a chat command's eight datetime
-    texts are of a datetime written once only. Kept so, a chat command cost ~40,000 instructions more
-    (callgrind, 100 in flight: 928,700 against 888,000)."""
+    their whole seconds from `_SECOND` while they are of its second, else from `_seconds`: ~3,000
+    instructions (callgrind; ~5,000 with the look-up of `_seconds` each time: a chat command at 100 in
+    flight cost 11,000 more, 790,400 against 779,200), where `isoformat` costs ~11,000. Not kept by
+    datetime: an aware datetime's first hash costs ~3,500 (its offset asked of its zone), and six of a
+    chat command's eight datetime texts are of a datetime written once only. Kept so, a chat command
+    cost ~40,000 instructions more (callgrind, 100 in flight: 928,700 against 888,000)."""
     if not value:
         return None
     if value.tzinfo is not UTC:
         return value.isoformat().replace("+00:00", "Z")
-    written = (_SECONDS.get((value.year, value.month, value.day, value.hour, value.minute, value.second))
-               or _seconds(value))[1]
+    start, end, texts = _SECOND
+    if not start <= value < end:
+        texts = (_SECONDS.get((value.year, value.month, value.day, value.hour, value.minute, value.second))
+                 or _seconds(value))
+    written = texts[1]
     micro = value.microsecond
-    return f"{written}.{str(micro + 1_000_000)[1:]}Z" if micro else f"{written}Z"
+    return f"{written}.{_DIGITS[micro // 1000]}{_DIGITS[micro % 1000]}Z" if micro else f"{written}Z"
+
+
+#: "000" to "999": a datetime's microseconds written as two of these, looked up (`iso`, `_stored_datetime`),
+#: cost about half of `str(micro + 1_000_000)[1:]` (its int, its text and the slice): -5,600 instructions a
+#: chat command (callgrind, the store's writes alone).
+_DIGITS = tuple(f"{n:03d}" for n in range(1000))
 
 
 #: (SQLite's text, ISO 8601's) of the whole seconds lately formatted: see `_seconds`.
 _SECONDS: dict[tuple[int, ...], tuple[str, str]] = {}
+_ONE_SECOND, _ONE_MICROSECOND = timedelta(seconds=1), timedelta(microseconds=1)
+#: The newest past UTC second `_seconds` formatted: its start, the next second's start, and its texts. A UTC datetime
+#: within it is told so by two comparisons, which compare two datetimes of one zone byte by byte (~400
+#: instructions), where reading its six fields for the key of `_SECONDS` and looking that up cost ~3,000:
+#: most of the datetimes a chat group writes are of the newest second. Replaced whole (one tuple), so a
+#: thread that reads it meanwhile sees one second's start, end and texts; moved only with a second formatted
+#: (~4,000 more then: the clock read, the second's ends), not with each that `_SECONDS` holds, so times of two
+#: seconds in turn (a group at a second's end) do not move it back and forth.
+_SECOND: tuple[datetime, datetime, tuple[str, str]] = (datetime.min.replace(tzinfo=UTC),) * 2 + (("", ""),)
+_LAST_SECOND = datetime.max.replace(microsecond=0, tzinfo=UTC)
 
 
 def _seconds(value: datetime) -> tuple[str, str]:
     """`value`'s date and time to the second as SQLite stores it ("2026-12-03 15:06:13") and as ISO
     8601 writes it ("2026-12-03T15:06:13"), kept while that second is in use. Formatting a datetime,
-    by `isoformat` or by `%`, costs 7,000-13,000 instructions (callgrind), this look-up ~1,000."""
+    by `isoformat` or by `%`, costs 7,000-13,000 instructions (callgrind), this look-up ~1,000. A UTC
+    datetime's second formatted here is then `_SECOND`."""
+    global _SECOND
     key = (value.year, value.month, value.day, value.hour, value.minute, value.second)
     texts = _SECONDS.get(key)
     if texts is None:
@@ -510,6 +532,13 @@ def _seconds(value: datetime) -> tuple[str, str]:
         year, month, day, hour, minute, second = key
         stored = f"{year:04d}-{month:02d}-{day:02d} {hour:02d}:{minute:02d}:{second:02d}"
         texts = _SECONDS[key] = (stored, stored.replace(" ", "T"))
+        # Not the fields of another zone's, or a naive, datetime: no UTC second. Nor a second before it (a
+        # page of history: ~6,000 instructions more a second else), nor one to come (an expiry: the chat's
+        # times, of the second now and formatted already, would not take it back).
+        if value.tzinfo is UTC and _SECOND[0] <= value <= utcnow():
+            start = value - _ONE_MICROSECOND * value.microsecond
+            # (`datetime.max`'s second has no next: it holds nothing then)
+            _SECOND = (start, start + _ONE_SECOND if start < _LAST_SECOND else start, texts)
     return texts
 
 
@@ -520,9 +549,14 @@ def _stored_datetime(fallback: Callable[[Any], Any] | None) -> Callable[[Any], A
 
     def process(value: Any) -> Any:
         if type(value) is datetime:
-            stored = (_SECONDS.get((value.year, value.month, value.day, value.hour, value.minute, value.second))
-                      or _seconds(value))[0]
-            return f"{stored}.{str(value.microsecond + 1_000_000)[1:]}"
+            if value.tzinfo is UTC:  # (the wall-clock fields of any other zone, or none, are its own)
+                start, end, texts = _SECOND
+                stored = (texts if start <= value < end else _seconds(value))[0]
+            else:
+                stored = (_SECONDS.get((value.year, value.month, value.day, value.hour, value.minute, value.second))
+                          or _seconds(value))[0]
+            micro = value.microsecond
+            return f"{stored}.{_DIGITS[micro // 1000]}{_DIGITS[micro % 1000]}"
         return fallback(value) if fallback is not None else value
 
     return process
@@ -1249,8 +1283,10 @@ def _execute(conn: sa.Connection, sql: str, parameters: list[Any], many: bool = 
 def _run(driver: sqlite3.Connection | sqlite3.Cursor, sql: str, parameters: list[Any],
          many: bool = False) -> sqlite3.Cursor:
     """`_execute` on the driver's connection itself, or on a cursor of it (a group's: `Store._write`)."""
-    try:
-        return (driver.executemany if many else driver.execute)(sql, parameters)
+    try:  # (each method called as such: choosing one between them first made a bound method a statement)
+        if many:
+            return driver.executemany(sql, parameters)
+        return driver.execute(sql, parameters)
     except sqlite3.Error as exc:
         raise sa.exc.DBAPIError.instance(sql, parameters, exc, sqlite3.Error) from exc
 

@@ -61,6 +61,55 @@ def test_times_are_written_as_sqlalchemy_and_isoformat_write_them_across_seconds
         store.close()
 
 
+def test_the_kept_second_answers_for_the_utc_times_of_that_second_alone() -> None:
+    """`_SECOND` answers for a UTC datetime from its second's first microsecond to its last, never for the
+    next second's first nor the last of the one before, whichever second it holds when asked; nor for the
+    same instant in another zone, or a naive datetime, whose texts are their own fields'. Each microsecond's
+    three digits and three more are written as `isoformat` writes them, every one of the thousand of each;
+    the first and last times there are as well (the last second has no next to end it)."""
+    dialect = sqlite_dialect()
+    reference = sa.DateTime(timezone=True).dialect_impl(dialect).bind_processor(dialect)
+    stored = storage._stored_datetime(reference)
+    second = utcnow().replace(microsecond=0) - timedelta(days=1)  # (past: a second to come is not kept)
+    edges = [second, second + timedelta(microseconds=999_999), second + timedelta(seconds=1),
+             second - timedelta(microseconds=1), second + timedelta(microseconds=1), second + timedelta(seconds=2)]
+    plus_two = timezone(timedelta(hours=2))
+    for first in edges:
+        storage._SECONDS.clear()  # the second of `first` is formatted again: it is `_SECOND` then
+        for value in [first, *edges, *edges[::-1]]:
+            for shown in (value, value.astimezone(plus_two), value.replace(tzinfo=None)):
+                assert stored(shown) == reference(shown)
+            assert iso(value) == value.isoformat().replace("+00:00", "Z")
+            assert iso(value.astimezone(plus_two)) == value.astimezone(plus_two).isoformat()
+    for micro in [*range(0, 1_000_000, 1001), *range(0, 1000), *range(0, 1_000_000, 1000), 999_999]:
+        value = second.replace(microsecond=micro)
+        assert stored(value) == reference(value)
+        assert iso(value) == value.isoformat().replace("+00:00", "Z")
+    for value in (datetime.max.replace(tzinfo=UTC), datetime.min.replace(tzinfo=UTC), second):  # the ends too
+        assert stored(value) == reference(value)
+        assert iso(value) == value.isoformat().replace("+00:00", "Z")
+
+
+def test_the_kept_second_is_the_newest_past_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`_SECOND` is taken by a second formatted that is newer than it and not to come. Not by a second to come
+    (a chat delivery key's expiry, formatted as a command is stored): the times of the second now, formatted
+    already, would not take it back, and every later one would be looked up field by field. Nor by an older
+    one (a page of history, which would pay for moving it at every row)."""
+    monkeypatch.setattr(storage, "_SECOND", (datetime.min.replace(tzinfo=UTC),) * 2 + (("", ""),))  # as at start
+    storage._SECONDS.clear()
+    now = utcnow()
+    for value, taken in ((now - timedelta(days=1), True), (now - timedelta(days=2), False), (now, True),
+                         (now + timedelta(hours=1), False), (now + timedelta(seconds=2), False),
+                         (datetime.max.replace(tzinfo=UTC), False), (now - timedelta(seconds=5), False)):
+        kept = storage._SECOND
+        assert iso(value) == value.isoformat().replace("+00:00", "Z")
+        if taken:
+            assert storage._SECOND[0] <= value < storage._SECOND[1]
+            assert storage._SECOND[2] == storage._seconds(value)
+        else:
+            assert storage._SECOND is kept
+
+
 class _Name(str):
     pass
 
