@@ -4,7 +4,8 @@ One registry per process (`metrics`), not prometheus-client's global one, so not
 registers leaks in. Counters and histograms move where things happen, one call each (executions
 started and finished, rules, trigger instances, webhooks, chat messages, commands and replies,
 sensor restarts, HTTP requests); the event counters' calls only note the increment, and each
-scrape (`exposition`) adds them to their series, one addition per series. A series itself is made
+scrape (`exposition`) adds them to their series, one addition per series; execution durations are
+noted alike and added by their histogram's own collector (`_Durations`). A series itself is made
 at its first increment, so its `_created` is when it began counting. What is a state rather
 than an event (executions running and waiting, the outbox's backlog, inquiries pending, queue
 depths, the leader, adapters connected) is read once per scrape, on the database thread
@@ -24,6 +25,7 @@ keys (`st2.action.executions`, `st2.action.<ref>`, `st2.action.<status>`, `st2.r
 
 from __future__ import annotations
 
+import bisect
 import collections
 import contextlib
 import ipaddress
@@ -39,7 +41,11 @@ from typing import Any
 
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client import metrics as prometheus_metrics
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+from prometheus_client.utils import INF, floatToGoString
 
 from engine.storage import OUTBOX_PENDING, Store, as_utc, executions, outbox, utcnow
 
@@ -103,9 +109,9 @@ class Metrics:
         self.executions_finished = Counter(
             "squall_executions_finished_total", "Executions that ended, by how they ended.",
             ["action", "pack", "status", "source"], registry=registry)
-        self.execution_duration = Histogram(
-            "squall_execution_duration_seconds", "From request to end, by runner.", ["runner"],
-            buckets=_DURATION_BUCKETS, registry=registry)
+        self.execution_duration = _Durations(
+            "squall_execution_duration_seconds", "From request to end, by runner.", _DURATION_BUCKETS)
+        registry.register(self.execution_duration)
         self.rules_evaluated = Counter(
             "squall_rules_evaluated_total", "Rules whose criteria were evaluated against a trigger instance.",
             ["trigger_type"], registry=registry)
@@ -194,7 +200,7 @@ class Metrics:
                   (action, action.partition(".")[0], record["status"], source_of(record.get("context"))))
         elapsed = record.get("elapsed_seconds")
         if elapsed is not None:
-            self._child(self.execution_duration, record.get("runner") or "").observe(float(elapsed))
+            self.execution_duration.observe(record.get("runner") or "", float(elapsed))
         if self.statsd is not None:
             milliseconds = round(float(elapsed or 0) * 1000, 3)
             self.statsd.send((f"action.{record['status']}", 1, "c"), ("action.executions", milliseconds, "ms"),
@@ -287,6 +293,62 @@ class Metrics:
         """The Prometheus text format of everything."""
         self._fold()
         return generate_latest(self.registry)
+
+
+class _Durations(Collector):
+    """A histogram by runner, as prometheus-client's `Histogram` with one label shows it (same samples,
+    values, `_created` and order), whose `observe` only notes the observation: prometheus-client's takes a
+    lock, checks the metric and walks the buckets on every call (1.1 us of `finished`'s 3.0). The notes are
+    added to their series in the order they came (so `_sum` adds the same floats in the same order) at
+    each collection, or past `_FOLD_AT`, under a lock, one `bisect` each. A series is stamped (`_created`)
+    at its first observation, as `Histogram.labels` stamps its child. (callgrind, chat at 100 in flight
+    with metrics on: about -7,000 to -14,000 instructions a command, 755,522 and 760,350 -> 748,155 and
+    745,914; `finished` alone, 21,404 -> 15,320.)"""
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self._bounds = (*map(float, buckets), INF)
+        self._les = [floatToGoString(bound) for bound in self._bounds]
+        #: Per runner: when its series began (time.time()), its per-bucket counts and its sum.
+        self._created: dict[str, float] = {}
+        self._series: dict[str, tuple[list[float], list[float]]] = {}
+        #: Observations not yet added, as (runner, seconds); a deque's append and popleft are atomic.
+        self._noted: deque[tuple[str, float]] = deque()
+        self._lock = threading.Lock()
+
+    def observe(self, runner: str, seconds: float) -> None:
+        if runner not in self._created:
+            self._created.setdefault(runner, time.time())
+        self._noted.append((runner, seconds))
+        if len(self._noted) > _FOLD_AT:
+            with self._lock:
+                self._fold()
+
+    def _fold(self) -> None:
+        """Add the noted observations to their series (the lock held): as `Histogram.observe`, a NaN is
+        summed and counted in no bucket."""
+        noted, series, bounds, blank = self._noted, self._series, self._bounds, len(self._bounds)
+        for _ in range(len(noted)):  # only this (locked) fold takes from the deque
+            runner, seconds = noted.popleft()
+            counts, total = series.get(runner) or series.setdefault(runner, ([0.0] * blank, [0.0]))
+            total[0] += seconds
+            if seconds == seconds:
+                counts[bisect.bisect_left(bounds, seconds)] += 1.0
+
+    def describe(self) -> list[HistogramMetricFamily]:
+        return [HistogramMetricFamily(self.name, self.documentation, labels=["runner"])]
+
+    def collect(self) -> list[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=["runner"])
+        created = prometheus_metrics._use_created  # PROMETHEUS_DISABLE_CREATED_SERIES, as Histogram reads it
+        with self._lock:
+            self._fold()
+            for runner, (counts, total) in self._series.items():
+                family.add_metric([runner], list(zip(self._les, itertools.accumulate(counts), strict=True)), total[0])
+                if created:
+                    family.add_sample(f"{self.name}_created", {"runner": runner}, self._created[runner])
+        return [family]
 
 
 #: How long a statsd host's looked-up address serves before it is looked up again (the host may move).
