@@ -472,7 +472,8 @@ _DATETIME_COLUMNS = ("start_timestamp", "end_timestamp", "expire_at", "updated_a
 
 
 #: The time now, in UTC. `datetime.now` bound to UTC in a partial, which is called in C: a function
-#: around it cost a Python frame on each of a chat command's six reads of the clock.
+#: around it cost a Python frame on each of a chat command's reads of the clock (three: its request, its end, its
+#: reply sent).
 utcnow: Callable[[], datetime] = functools.partial(datetime.now, UTC)
 
 
@@ -2014,7 +2015,8 @@ class Store:
 
     def outbox_add_keyed(self, execution_id: str, key: str,
                          rows: Sequence[tuple[str, str, dict[str, Any], str, str]], *,
-                         edits: str | None = None) -> list[tuple[int | None, int | None]] | None:
+                         edits: str | None = None, at: datetime | None = None
+                         ) -> list[tuple[int | None, int | None]] | None:
         """Store one execution's replies of one key (its ack, its result, a notify route's messages),
         `rows` of (adapter, channel, payload, kind, status) with one of kind `key`, in one
         transaction; for each row, in order, (its id, the id it edits).
@@ -2025,8 +2027,12 @@ class Store:
 
         With `edits` (a kind, "ack"), the rows of kind "status"/"status.N" edit that row of the same
         execution, found here in the same transaction (so after a restart as well as live); with no
-        such row they are not stored (their id is None): there is nothing to edit."""
-        now = utcnow()
+        such row they are not stored (their id is None): there is nothing to edit.
+
+        `at` is their `created_at`, the clock's time now unless given: a chat result stored with its
+        execution's end carries the end's time (`CompletionWrite.timed`), as its audit event carries its
+        request's (`audit_add`): a reading of the clock fewer a chat command."""
+        now = at or utcnow()
         if keyed_in_one_statement(key, rows, edits):  # a result, an ack: no look-up first, no savepoint
             adapter, channel, payload, kind, status = rows[0]
             record = {"adapter": adapter, "channel": channel, "payload": payload, "status": status, "attempts": 0,
@@ -2177,8 +2183,10 @@ class Store:
             self._direct.update_many(conn.connection.driver_connection, outbox, updates)
 
     def audit_add(self, event: str, actor: str | None, source: str | None, target: str | None,
-                  detail: dict[str, Any]) -> None:
-        record = {"timestamp": utcnow(), "event": event, "actor": actor, "source": source, "target": target,
+                  detail: dict[str, Any], at: datetime | None = None) -> None:
+        """Store an audit event (in the caller's transaction of the moment) at `at`, the clock's time now
+        unless given: a request's event, stored with it, carries the request's time (`_add_request_audit`)."""
+        record = {"timestamp": at or utcnow(), "event": event, "actor": actor, "source": source, "target": target,
                   "detail": detail}
         record["id"] = self._insert(audit, record)  # the sinks name it (`audit_sinks.entry`), and resume by it
         if self.audit_listeners:  # told once stored: a sink never streams what was rolled back

@@ -739,10 +739,11 @@ def failing_audit(squall: Squall, monkeypatch: pytest.MonkeyPatch, event: str, e
     row stores as before."""
     original = squall.store.audit_add
 
-    def audit_add(kind: str, actor: str | None, source: str | None, about: str | None, detail: dict) -> None:
+    def audit_add(kind: str, actor: str | None, source: str | None, about: str | None, detail: dict,
+                  *at: Any) -> None:
         if kind == event and target in (None, about):
             raise error
-        original(kind, actor, source, about, detail)
+        original(kind, actor, source, about, detail, *at)
 
     monkeypatch.setattr(squall.store, "audit_add", audit_add)
 

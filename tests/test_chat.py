@@ -194,6 +194,55 @@ async def test_a_noop_command_s_ack_request_and_result_share_one_commit_ack_firs
                                                                                                      "result")
 
 
+def _ticking_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each reading of the clock (the engine's and the store's) a microsecond after the one before: two rows
+    carry the same time only if they were given one reading."""
+    from engine import executions as engine_executions
+    from engine import storage
+
+    start, ticks = storage.utcnow(), iter(range(1, 10**9))
+
+    def utcnow() -> datetime:
+        return start + timedelta(microseconds=next(ticks))
+
+    monkeypatch.setattr(storage, "utcnow", utcnow)
+    monkeypatch.setattr(engine_executions, "utcnow", utcnow)
+
+
+@pytest.mark.parametrize("alias", ["nothing", "greet"])
+async def test_a_commands_audit_event_and_result_carry_its_request_and_end_times(
+        home: Path, monkeypatch: pytest.MonkeyPatch, alias: str) -> None:
+    """The audit event stored with a chat command's request carries the request's time, and its result stored
+    with the execution's end (as it was stored: a noop; or after its run: a shell command) the end's, not a
+    reading of the clock each; the ack, and what other callers store, still read the clock."""
+    _config(home)
+    write(home / "packs" / "demo" / "aliases" / "nothing.yaml", """
+        name: nothing
+        action_ref: core.noop
+        description: Do nothing.
+        formats: ["nothing"]
+        result: {format: "did nothing"}
+    """)
+    _ticking_clock(monkeypatch)
+    async with loopback_chat(home) as (squall, bot, loopback):
+        await loopback.say("!nothing" if alias == "nothing" else "!greet world", channel="#ops")
+        await settle(squall, bot)
+        [execution] = await squall.executions.list()
+        stored = squall.store.get_execution(execution["id"])
+        [event] = await squall.db(squall.store.audit_list, 10, "chat.execution")
+        ack = squall.store.outbox_get(squall.store.outbox_keyed_id(execution["id"], "ack"))
+        result = squall.store.outbox_get(squall.store.outbox_keyed_id(execution["id"], "result"))
+        assert event["detail"]["execution"] == execution["id"]
+        assert event["timestamp"] == stored["start_timestamp"] < stored["end_timestamp"] == result["created_at"]
+        assert ack["created_at"] not in (stored["start_timestamp"], stored["end_timestamp"])
+        squall.store.audit_add("test.event", "ann", "test", None, {})
+        [other] = await squall.db(squall.store.audit_list, 1)
+        [(other_id, _)] = squall.store.outbox_add_keyed("y", "result",
+                                                        [("loopback", "#ops", {"text": "y"}, "result", "skipped")])
+        assert other["event"] == "test.event" and other["timestamp"] > result["created_at"]
+        assert squall.store.outbox_get(other_id)["created_at"] > other["timestamp"]
+
+
 async def test_a_finished_execution_with_nothing_to_tell_starts_no_task(chat) -> None:
     """Every finished execution is published to every listener: those with nothing to do (no notify, no
     inquiry, no rule on the action trigger, a result already stored) answer None, and no task is made

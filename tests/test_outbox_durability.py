@@ -217,14 +217,14 @@ async def test_a_result_that_fails_to_store_with_its_end_is_stored_by_the_listen
     store = Keyed.store
     failed: list[str] = []
 
-    def fail_once(self: Keyed, target: Store) -> Any:
+    def fail_once(self: Keyed, target: Store, *at: Any) -> Any:
         if self.key == "result" and not failed:
             failed.append(self.execution_id)
             adapter, channel = self.rows[0][:2]
             target.outbox_add(adapter, channel, Reply(adapter=adapter, channel=channel,
                                                       text="a row rolled back with its failure").to_json())
             raise RuntimeError("injected: the result could not be stored")
-        return store(self, target)
+        return store(self, target, *at)
 
     monkeypatch.setattr(Keyed, "store", fail_once)
     await loopback.say("!greet retried", user="alice", channel="#ops")

@@ -181,8 +181,9 @@ class Keyed:
         """Whether `store` makes a single statement (a lone result or ack)."""
         return keyed_in_one_statement(self.key, self.rows, self.edits)
 
-    def store(self, store: Store) -> list[tuple[int | None, int | None]] | None:
-        return store.outbox_add_keyed(self.execution_id, self.key, self.rows, edits=self.edits)
+    def store(self, store: Store, at: datetime | None = None) -> list[tuple[int | None, int | None]] | None:
+        """Store the rows, created `at` (now unless given: a result stored with its end is of the end's time)."""
+        return store.outbox_add_keyed(self.execution_id, self.key, self.rows, edits=self.edits, at=at)
 
     def queue(self, stored: list[tuple[int | None, int | None]] | None) -> list[int] | None:
         """Queue the stored rows for delivery; their ids, or None if the key was stored before."""
