@@ -169,9 +169,8 @@ async def test_command_gets_ack_then_result_in_its_thread(chat) -> None:
     assert execution["context"]["source_channel"] == "#ops"
 
 
-async def test_a_noop_command_s_ack_request_and_result_share_one_commit_ack_first(home: Path) -> None:
-    """A noop ends in its request's commit, and the ack is stored in that transaction, before the
-    result: the person sees the ack, edited to the final status, then the result."""
+def _nothing_alias(home: Path) -> None:
+    """The config and a `!nothing` alias of core.noop with a text-only result."""
     _config(home)
     write(home / "packs" / "demo" / "aliases" / "nothing.yaml", """
         name: nothing
@@ -180,6 +179,12 @@ async def test_a_noop_command_s_ack_request_and_result_share_one_commit_ack_firs
         formats: ["nothing"]
         result: {format: "did nothing"}
     """)
+
+
+async def test_a_noop_command_s_ack_request_and_result_share_one_commit_ack_first(home: Path) -> None:
+    """A noop ends in its request's commit, and the ack is stored in that transaction, before the
+    result: the person sees the ack, edited to the final status, then the result."""
+    _nothing_alias(home)
     async with loopback_chat(home) as (squall, bot, loopback):
         with commit_groups(squall) as groups:
             await loopback.say("!nothing", channel="#ops")
@@ -215,14 +220,7 @@ async def test_a_commands_audit_event_and_result_carry_its_request_and_end_times
     """The audit event stored with a chat command's request carries the request's time, and its result stored
     with the execution's end (as it was stored: a noop; or after its run: a shell command) the end's, not a
     reading of the clock each; the ack, and what other callers store, still read the clock."""
-    _config(home)
-    write(home / "packs" / "demo" / "aliases" / "nothing.yaml", """
-        name: nothing
-        action_ref: core.noop
-        description: Do nothing.
-        formats: ["nothing"]
-        result: {format: "did nothing"}
-    """)
+    _nothing_alias(home)
     _ticking_clock(monkeypatch)
     async with loopback_chat(home) as (squall, bot, loopback):
         await loopback.say("!nothing" if alias == "nothing" else "!greet world", channel="#ops")
