@@ -33,7 +33,9 @@ How each side is measured:
   thread after Squall's outbox has drained (Squall's loop does nothing meanwhile), and errbot's
   threads sit blocked on their queues while Squall is measured. The side-by-side rounds alternate
   (errbot, Squall, errbot, Squall, ...) so a busy neighbour or a warming cache falls on both; the
-  figures are medians over `--rounds`.
+  figures are medians over `--rounds`, and the target is judged on each round's own ratio (the two
+  measured one after the other) and the interval around their median (bench/spread.py): one round
+  differs from the next by 15-25% here, more than the margin judged.
 - "sequential": one command at a time (TestBot's push/pop, and Squall awaiting each result).
   "K in flight": a closed loop with K commands outstanding (errbot: K pushed, one more pushed
   per reply popped; Squall: K coroutines). Every reply is checked against the expected text (a
@@ -73,6 +75,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from adapters.base import Capabilities, Message, Reply
 from adapters.loopback import LoopbackAdapter
 from bench.metrics_cost import compare
+from bench.spread import median_interval, verdict
 from bot.app import Squall
 from bot.service import settle_heap
 from engine.config import load_config
@@ -254,10 +257,14 @@ def print_side_by_side(pairs, commands: int, in_flight: int, rounds: int) -> Non
         print(f"  {label:38} squall {squall_rate:7,.0f}   errbot TestBot {errbot_rate:7,.0f}   "
               f"squall / errbot {ratio}")
     if errbot is not None:
-        loads = (("sequential", med["squall 1"] / med["errbot 1"]),
-                 (f"{in_flight} in flight", med["squall k"] / med["errbot k"]))
-        verdicts = [f"{label} {'met' if ratio >= 1 else 'NOT met'} ({ratio:.2f}x)" for label, ratio in loads]
-        print(f"target squall >= 1.0x errbot, judged under each load: {'; '.join(verdicts)}")
+        verdicts = []
+        for label, k in (("sequential", "1"), (f"{in_flight} in flight", "k")):
+            low, ratio, high = median_interval(
+                [squall / errbot for squall, errbot in zip(pairs[f"squall {k}"], pairs[f"errbot {k}"], strict=True)])
+            verdicts.append(f"{label} {verdict(low, high, at_least=1.0)} ({ratio:.2f}x; 90% interval {low:.2f}x "
+                            f"to {high:.2f}x)")
+        print(f"target squall >= 1.0x errbot, judged under each load on each round's own ratio: "
+              f"{'; '.join(verdicts)}")
         if errbot.wrong:  # one reply per command still: the rate counts them
             print(f"errbot answered {errbot.wrong} of its commands wrongly (TestBackend's one Markdown converter, "
                   f"shared by errbot's pool threads, fails now and then under concurrency)")
@@ -379,7 +386,8 @@ if __name__ == "__main__":
     parser.add_argument("--commands", type=int, default=3000)
     parser.add_argument("--in-flight", type=int, default=100)
     parser.add_argument("--rate", type=float, default=1000.0, help="open-loop arrivals per second")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of the errbot comparison")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="alternating rounds of the errbot comparison (five or more: a 90%% interval)")
     parser.add_argument("--open-rounds", type=int, default=3, help="open-loop runs (the median p99 is judged)")
     parser.add_argument("--no-errbot", action="store_true", help="Squall's figures only")
     arguments = parser.parse_args()

@@ -22,7 +22,11 @@ more per reply popped; Squall: K workers), the three shapes bench/chat.py cycles
 - `squall chat`: the same three through the loopback adapter: alias, the stored execution, its
   run, the stored result and its delivery through the outbox, as bench/chat.py measures them;
 - `squall engine only`: `core.noop` requested and awaited on the engine (no chat): what the chat
-  layer adds is the difference.
+  layer adds is the difference;
+- `squall chat, metrics off`: the chat with `metrics.enabled` off: what recording the Prometheus
+  metrics costs a command is the difference (issue 19's target: at most 5% of throughput; in time,
+  bench/chat.py's alternating rounds measure it, but there the machine's drift between rounds is
+  larger than the target).
 
 Counted: user-space instructions of every thread of the process (errbot's pool threads, Squall's
 database thread). Not counted: the kernel's work, which for Squall is mostly SQLite's writes to its
@@ -47,7 +51,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 #: Commands each child sends before the counted ones: the difference of two runs starts after them.
 BASE = 30
-KINDS = {"errbot": "errbot TestBot (the baseline)", "chat": "squall chat", "engine": "squall engine only"}
+KINDS = {"errbot": "errbot TestBot (the baseline)", "chat": "squall chat", "engine": "squall engine only",
+         "chat-metrics-off": "squall chat, metrics off"}
 
 
 def child(kind: str, n: int, k: int) -> None:
@@ -74,6 +79,10 @@ async def _squall(kind: str, n: int, k: int) -> None:
     home = Path(tempfile.mkdtemp(prefix="squall-bench-instructions-"))
     try:
         squall, loopback = await start_squall(home)
+        if kind == "chat-metrics-off":
+            from engine.metrics import metrics
+
+            metrics.enabled = False
         loop = asyncio.get_running_loop()
         sent = 0
 
@@ -127,6 +136,10 @@ def main(commands: int, in_flight: int) -> None:
     print(f"errbot / squall chat: {ratio:.2f} (the commands/s ratio if both paid only for instructions; "
           f"target >= 1.0); the chat layer adds {per['chat'] - per['engine']:,.0f} to the engine's "
           f"{per['engine']:,.0f}")
+    cost = (per["chat"] - per["chat-metrics-off"]) / per["chat"] * 100
+    print(f"recording the metrics: {per['chat'] - per['chat-metrics-off']:,.0f} instructions a command, {cost:.1f}% "
+          f"of the chat's (the throughput it costs if commands paid only for instructions; target <= 5%: "
+          f"{'met' if cost <= 5 else 'NOT met'})")
 
 
 if __name__ == "__main__":

@@ -71,6 +71,7 @@ def test_threads_recording_and_folding_at_once_lose_no_increment(monkeypatch) ->
     def record() -> None:
         for _ in range(5_000):
             metrics.count(metrics.chat_replies, "irc", "sent")
+            metrics.evaluated("core.st2.webhook", 2)
 
     threads = [threading.Thread(target=record) for _ in range(4)]
     for thread in threads:
@@ -83,3 +84,34 @@ def test_threads_recording_and_folding_at_once_lose_no_increment(monkeypatch) ->
     metrics._fold()
     sent = metrics.registry.get_sample_value("squall_chat_replies_total", {"adapter": "irc", "outcome": "sent"})
     assert sent == 20_000
+    evaluated = metrics.registry.get_sample_value("squall_rules_evaluated_total", {"trigger_type": "core.st2.webhook"})
+    assert evaluated == 40_000
+
+
+def test_an_executions_series_is_found_by_its_action_status_and_source_and_labelled_with_its_pack() -> None:
+    """`started` and `finished` find a series by the action ref, status and source, and cut the pack label
+    from the ref only when they make the series: each combination is its own series, a ref without a dot
+    is its own pack, and a workflow paused or an inquiry pending is no end."""
+    metrics = Metrics()
+    chat, rule = {"source": "chat"}, {"rule": {"ref": "demo.on_alert"}, "source": "api"}
+    for _ in range(2):
+        metrics.started({"action": "demo.greet", "context": chat})
+    metrics.started({"action": "demo.greet", "context": rule})
+    metrics.started({"action": "nodot", "context": None})
+    for status in ("succeeded", "succeeded", "failed", "paused", "pending"):
+        metrics.finished({"action": "demo.greet", "status": status, "context": chat, "runner": "local-shell-cmd",
+                          "elapsed_seconds": 0.2})
+    metrics.finished({"action": "demo.greet", "status": "succeeded", "context": rule, "runner": "local-shell-cmd",
+                      "elapsed_seconds": 0.2})
+    metrics._fold()
+    sample = metrics.registry.get_sample_value
+    started = "squall_executions_started_total"
+    assert sample(started, {"action": "demo.greet", "pack": "demo", "source": "chat"}) == 2
+    assert sample(started, {"action": "demo.greet", "pack": "demo", "source": "rule"}) == 1
+    assert sample(started, {"action": "nodot", "pack": "nodot", "source": "api"}) == 1
+    finished = "squall_executions_finished_total"
+    assert sample(finished, {"action": "demo.greet", "pack": "demo", "status": "succeeded", "source": "chat"}) == 2
+    assert sample(finished, {"action": "demo.greet", "pack": "demo", "status": "failed", "source": "chat"}) == 1
+    assert sample(finished, {"action": "demo.greet", "pack": "demo", "status": "succeeded", "source": "rule"}) == 1
+    assert sample(finished, {"action": "demo.greet", "pack": "demo", "status": "paused", "source": "chat"}) is None
+    assert sample("squall_execution_duration_seconds_count", {"runner": "local-shell-cmd"}) == 4
