@@ -32,7 +32,7 @@ How each side is measured:
 - The two never run at the same time: errbot is driven by blocking calls from the loop's own
   thread after Squall's outbox has drained (Squall's loop does nothing meanwhile), and errbot's
   threads sit blocked on their queues while Squall is measured. The side-by-side rounds alternate
-  (errbot, Squall, errbot, Squall, ...) so a busy neighbour or a warming cache falls on both; the
+  (errbot, Squall; Squall, errbot; ...) so a busy neighbour or a warming cache falls on both; the
   figures are medians over `--rounds`, and the target is judged on each round's own ratio (the two
   measured one after the other) and the interval around their median (bench/spread.py): one round
   differs from the next by 15-25% here, more than the margin judged.
@@ -225,22 +225,33 @@ async def closed_loop(kind, n: int, k: int) -> tuple[float, list[float]]:
 
 async def side_by_side(commands: int, in_flight: int, rounds: int, with_errbot: bool, sequential, closed,
                        drain) -> dict[str, list[float] | Errbot | None]:
-    """Alternating rounds: errbot sequential, Squall sequential, errbot with K in flight, Squall with K."""
+    """Alternating rounds, each of both sides sequential, then both with K in flight; every other round
+    Squall goes first (errbot, Squall; Squall, errbot; ...), so neither side always follows the other
+    and a round's own ratio carries no bias of place. Squall's outbox is drained after each of its
+    measurements, untimed."""
     pairs: dict[str, list[float]] = {"errbot 1": [], "squall 1": [], "errbot k": [], "squall k": []}
     errbot = Errbot() if with_errbot else None
+
+    async def squall_1() -> float:
+        return await sequential(commands)
+
+    async def squall_k() -> float:
+        return (await closed())[0]
+
+    loads = (("1", squall_1, lambda: errbot.sequential(commands)),
+             ("k", squall_k, lambda: errbot.in_flight(commands, in_flight)))
     try:
         if errbot is not None:
             errbot.sequential(300)  # warm up
             errbot.in_flight(300, in_flight)
-        for _ in range(rounds):
-            if errbot is not None:
-                pairs["errbot 1"].append(errbot.sequential(commands))
-            pairs["squall 1"].append(await sequential(commands))
-            await drain()
-            if errbot is not None:
-                pairs["errbot k"].append(errbot.in_flight(commands, in_flight))
-            pairs["squall k"].append((await closed())[0])
-            await drain()
+        for round_ in range(rounds):
+            for load, squall, other in loads:
+                for side in ("squall", "errbot") if round_ % 2 else ("errbot", "squall"):
+                    if side == "squall":
+                        pairs[f"squall {load}"].append(await squall())
+                        await drain()
+                    elif errbot is not None:
+                        pairs[f"errbot {load}"].append(other())
     finally:
         if errbot is not None:
             errbot.stop()
