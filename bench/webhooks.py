@@ -1,12 +1,14 @@
 """Webhook ingestion through the real HTTP server, against a bare endpoint of the same server.
 
-    .venv/bin/python bench/webhooks.py [--requests N] [--concurrency C]
+    .venv/bin/python bench/webhooks.py [--requests N] [--concurrency C] [--rounds M]
 
 A server process runs Squall's API under uvicorn on a free loopback port (SQLite, WAL). The load
 generator (httpx in several processes, C connections in all, or `wrk` when installed) drives N
 `POST /api/v1/webhooks/st2` requests, each stored durably as a trigger instance before its 202,
-and N `GET /healthz` requests (no work, no auth) on the same server. Target (issue 5): webhook
-requests/s >= 0.5 of the bare endpoint's.
+and N `GET /healthz` requests (no work, no auth) on the same server, in `--rounds` rounds, each
+swapping which endpoint goes first. Target (issue 5): webhook requests/s >= 0.5 of the bare
+endpoint's, judged on each round's own ratio and the 90% interval around their median
+(bench/spread.py): one round's rates differ from the next's by 15-25% on this machine.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,6 +28,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from bench.spread import median_interval, verdict  # noqa: E402
+
 KEY = "bench-key"
 
 
@@ -108,6 +114,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--clients", type=int, default=4, help="load generator processes (httpx)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (five or more: a 90%% interval)")
     parser.add_argument("--serve", nargs=2, metavar=("CONFIG", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -131,28 +138,32 @@ def main() -> None:
         body = {"trigger": "core.st2.webhook", "payload": {"headers": {}, "headers_lower": {},
                                                            "body": {"event": "push", "n": 1}}}
         hook_url, bare_url = f"{base}/api/v1/webhooks/st2", f"{base}/healthz"
-        if shutil.which("wrk"):
-            generator = "wrk"
-            bare = drive_wrk(bare_url, 5, args.concurrency, None, home)
-            hook = drive_wrk(hook_url, 5, args.concurrency, body, home)
-        else:
-            generator = "httpx"
-            bare = drive_processes(bare_url, args.requests, args.concurrency, None, args.clients)
-            hook = drive_processes(hook_url, args.requests, args.concurrency, body, args.clients)
+        generator = "wrk" if shutil.which("wrk") else "httpx"
+
+        def rate(url: str, payload: dict | None) -> float:
+            if generator == "wrk":
+                return drive_wrk(url, 5, args.concurrency, payload, home)
+            return drive_processes(url, args.requests, args.concurrency, payload, args.clients)
+
+        rates: dict[str, list[float]] = {"bare": [], "hook": []}
+        for round_ in range(args.rounds):
+            for side in ("hook", "bare") if round_ % 2 else ("bare", "hook"):
+                rates[side].append(rate(hook_url, body) if side == "hook" else rate(bare_url, None))
         stored = httpx.get(f"{base}/api/v1/triggerinstances", params={"limit": 1000},
                            headers={"St2-Api-Key": KEY}).json()
-        if generator == "httpx" and len(stored) < min(1000, args.requests):
+        if generator == "httpx" and len(stored) < min(1000, args.requests * args.rounds):
             raise SystemExit(f"only {len(stored)} trigger instances stored")
     finally:
         server.terminate()
         server.wait(timeout=20)
         shutil.rmtree(home, ignore_errors=True)
     print(f"load generator: {generator} ({args.clients} processes), concurrency {args.concurrency}, "
-          f"{args.requests} requests per endpoint")
-    print(f"bare GET /healthz:                  {bare:10,.0f} requests/s")
-    print(f"POST /api/v1/webhooks/st2 (stored): {hook:10,.0f} requests/s")
-    ratio = hook / bare
-    print(f"ratio: {ratio:.2f} (target >= 0.50) {'OK' if ratio >= 0.5 else 'BELOW TARGET'}")
+          f"{args.requests} requests per endpoint a round, {args.rounds} alternating rounds (medians)")
+    print(f"bare GET /healthz:                  {statistics.median(rates['bare']):10,.0f} requests/s")
+    print(f"POST /api/v1/webhooks/st2 (stored): {statistics.median(rates['hook']):10,.0f} requests/s")
+    low, ratio, high = median_interval([hook / bare for hook, bare in zip(rates["hook"], rates["bare"], strict=True)])
+    print(f"ratio: {ratio:.2f}, the median of the rounds' own (90% interval {low:.2f} to {high:.2f}); target >= 0.50: "
+          f"{verdict(low, high, at_least=0.5)}")
 
 
 if __name__ == "__main__":
