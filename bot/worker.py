@@ -156,7 +156,8 @@ class Worker:
             return None
         event = AuditEntry(WORKER_ABANDON, None, "worker", None, {
             "action": record["action"], "worker": self.name, "hostname": socket.gethostname(), "reason": self.cut_why})
-        return CompletionWrite(lambda store: event.add(store, record["id"]), lambda _added: None, one_statement=True)
+        return CompletionWrite(lambda store, _at: event.add(store, record["id"]), lambda _added: None,
+                               one_statement=True)
 
     def stop(self, jobs: asyncio.Task[None], runner: JobWorker, drain: float | None) -> None:
         """A stop signal: the first drains (see the module's docstring), another cuts short what still

@@ -153,19 +153,19 @@ class AuditEntry:
 class CompletionWrite:
     """What a listener stores in the transaction that stores an execution's end (the chat's result
     reply, from `on_completing`): the end and what it says of it commit together, and a command's
-    round trip pays one commit for both instead of one each. `write(store)` runs in that
-    transaction; once it committed, `committed(what write returned)` runs on the loop, before the
-    `EXECUTION_FINISHED` listeners hear of the end. A write that fails is logged and rolled back
-    alone: the end is stored all the same, and its listeners store what they owe as before."""
+    round trip pays one commit for both instead of one each. `write(store, at)` runs in that
+    transaction, `at` the end's time (`end_timestamp`; None for a request's `stored_with` write), for
+    what it stores to carry if it will: the chat's result does, so a chat command reads the clock
+    once less (with the request's audit event at the request's time, two fewer; callgrind, 100 in
+    flight: 763,032 -> 753,477-755,803 instructions); once it committed, `committed(what write
+    returned)` runs on the loop, before the `EXECUTION_FINISHED` listeners hear of the end. A write
+    that fails is logged and rolled back alone: the end is stored all the same, and its listeners
+    store what they owe as before."""
 
-    write: Callable[[Store], Any]
+    write: Callable[[Store, datetime | None], Any]
     committed: Callable[[Any], None]
     #: `write` makes a single statement: on SQLite it needs no savepoint to fail alone (`Store.isolated`).
     one_statement: bool = False
-    #: `write(store, at)` is given the end's time too (`end_timestamp`), for what it stores to carry (`_written`):
-    #: the chat's result. With the request's audit event at the request's time, two readings of the clock fewer
-    #: a chat command (callgrind, 100 in flight: 763,032 -> 753,477-755,803 instructions).
-    timed: bool = False
 
 
 #: A stored request (`_store`), with each `stored_with` write and how it went (`_written`), and, for
@@ -2019,15 +2019,15 @@ def _add_request_audit(store: Store, audit: AuditEntry, record: dict[str, Any]) 
 
 def _written(write: CompletionWrite, store: Store, execution_id: str,
              at: datetime | None = None) -> tuple[bool, Any]:
-    """Run one `CompletionWrite` in the end's transaction (given its time `at` when the write is `timed`);
-    a failure rolls back its own writes alone, unless the database itself failed: then the end's call fails
+    """Run one `CompletionWrite` in the end's transaction (given its time `at`), or a request's; a failure
+    rolls back its own writes alone, unless the database itself failed: then the end's call fails
     with it (see `Database`)."""
     try:
         if write.one_statement and store.is_sqlite:  # `Store.isolated` isolates nothing then: not entered
             # (every chat command's result)
-            return True, write.write(store, at) if write.timed else write.write(store)
+            return True, write.write(store, at)
         with store.isolated(write.one_statement):
-            return True, write.write(store, at) if write.timed else write.write(store)
+            return True, write.write(store, at)
     except Exception as exc:
         if database_failure(exc) is not None:
             raise  # the database failed, not this write: the end's transaction may be gone with it

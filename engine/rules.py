@@ -980,7 +980,7 @@ def _stored_with(record: dict[str, Any], stored: list[bool]) -> Callable[[dict[s
     appending to `stored` whether it was stored (no: its rule had one for the instance already)."""
 
     def with_request(_shown: dict[str, Any]) -> CompletionWrite:
-        return CompletionWrite(lambda store: store.rule_enforcement_add_once(record), stored.append,
+        return CompletionWrite(lambda store, _at: store.rule_enforcement_add_once(record), stored.append,
                                one_statement=True)
 
     return with_request

@@ -2030,7 +2030,7 @@ class Store:
         such row they are not stored (their id is None): there is nothing to edit.
 
         `at` is their `created_at`, the clock's time now unless given: a chat result stored with its
-        execution's end carries the end's time (`CompletionWrite.timed`), as its audit event carries its
+        execution's end carries the end's time (`CompletionWrite.write`'s `at`), as its audit event carries its
         request's (`audit_add`): a reading of the clock fewer a chat command."""
         now = at or utcnow()
         if keyed_in_one_statement(key, rows, edits):  # a result, an ack: no look-up first, no savepoint

@@ -38,6 +38,8 @@ from engine.parameters import MASK, ParameterError, check_unrendered, mask_value
 from engine.templates import TooLongForTheLoop, briefly, rendered
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from bot.chat.outbox import Outbox
     from engine.core import Engine
     from engine.storage import Store
@@ -347,8 +349,8 @@ class CommandService:
             before = outbox.keyed(execution["id"], "preface", [preface]) if preface is not None else None
             groups = [keyed] if before is None else [before, keyed]
 
-            def write_all(store: Store) -> list[Any]:
-                return [group.store(store) for group in groups]
+            def write_all(store: Store, at: datetime | None) -> list[Any]:
+                return [group.store(store, at) for group in groups]
 
             def committed(stored: list[Any]) -> None:
                 for group, rows in zip(groups, stored, strict=True):

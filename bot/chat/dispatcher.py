@@ -1081,7 +1081,7 @@ class Dispatcher:
             keyed.queue(stored)
             self._stored_with_end.add(execution["id"])
 
-        return CompletionWrite(keyed.store, committed, keyed.one_statement, timed=True)  # created at the end's time
+        return CompletionWrite(keyed.store, committed, keyed.one_statement)  # created at the end's time
 
     def _keyed_result(self, execution: dict[str, Any], chat: dict[str, Any]) -> Keyed | None:
         """`completing`'s result rendered on the loop, ready to store; None when it took too long there."""
