@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import difflib
 import functools
-import gc
 import importlib
 import logging
 import os
@@ -22,6 +21,7 @@ from adapters.base import Adapter
 from adapters.console import ConsoleAdapter
 from bot.accounts import FIRST_ADMIN, bootstrap_admin
 from bot.app import Squall
+from bot.heap import settle_heap
 from engine.config import SYSTEM_PACKS_PATH, Config, ConfigError, check_adapter, flag
 from engine.core import log_pack_problems
 from engine.executor import LocalExecutor
@@ -99,29 +99,6 @@ def _uid_of(name: str) -> int | None:
         return pwd.getpwnam(name).pw_uid
     except KeyError:
         return None
-
-
-#: Allocations between two collections of young objects (`gc.set_threshold`'s first number).
-YOUNG_OBJECTS = 10_000
-
-
-def settle_heap() -> None:
-    """Put what start-up (or a pack reload) built out of the garbage collector's sight.
-
-    Packs, templates, SQLAlchemy's and the adapters' objects live as long as the process; a full
-    collection walking all of them stopped the event loop for ~50 ms now and then, which was the
-    chat's p99. Frozen, a full collection walks only what came after (~10 ms). Unfreezing first
-    lets a reload's discarded packs be collected instead of kept forever.
-
-    Young objects are collected every `YOUNG_OBJECTS` allocations instead of Python's 700: with a
-    hundred commands in flight their objects outlived the young collections, were promoted, and
-    every tenth promotion walked the whole heap (25 full collections per 20,000 commands, 9% of the
-    chat's throughput); at 10,000 it is one.
-    """
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(YOUNG_OBJECTS, *gc.get_threshold()[1:])
 
 
 async def reload(squall: Squall) -> None:

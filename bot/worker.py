@@ -48,7 +48,8 @@ from procrastinate import worker as procrastinate_worker
 from procrastinate.manager import get_channel_for_queues
 
 from bot.app import Squall
-from bot.service import configured_adapters, settle_heap
+from bot.heap import settle_heap
+from bot.service import configured_adapters
 from engine.config import Config, ConfigError
 from engine.executions import STEPPING, AuditEntry, CompletionWrite
 from engine.jobs import (

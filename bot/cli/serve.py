@@ -39,6 +39,9 @@ def serve() -> None:
     import contextlib
     import signal
 
+    from bot.heap import hold_collections
+
+    hold_collections()  # until serve_forever settles the heap, once it serves
     from adapters.base import AdapterConfigError
     from bot.service import serve_forever
     from engine.config import ConfigError
@@ -115,6 +118,9 @@ def worker(
     """Run queued executions (executor.kind: procrastinate): on any machine that reaches the database."""
     import asyncio
 
+    from bot.heap import hold_collections
+
+    hold_collections()  # until work settles the heap, once it takes jobs
     from bot.worker import work
     from engine.config import ConfigError
     from engine.logs import configure as configure_logging

@@ -1,0 +1,47 @@
+"""The cyclic garbage collector around a long-running process's start (`squall serve`, `squall worker`).
+
+Imports nothing but `gc`, so a command can hold the collector off before it imports the service.
+"""
+
+from __future__ import annotations
+
+import gc
+
+#: Allocations between two collections of young objects (`gc.set_threshold`'s first number).
+YOUNG_OBJECTS = 10_000
+
+
+def hold_collections() -> None:
+    """No cyclic collection while the process starts, until `settle_heap`.
+
+    Start-up builds ~200k objects that live as long as the process (modules, FastAPI's routes and
+    pydantic's schemas, SQLAlchemy's tables, the packs) and leaves only ~300 unreachable ones. The
+    collector ran ~280 times meanwhile (two or three of them full), and `settle_heap`'s full collection
+    walked the whole heap once more before the first request could be answered: together 0.2 s of
+    `squall serve`'s ~1.4 s start.
+    """
+    gc.disable()
+
+
+def settle_heap() -> None:
+    """Put what start-up (or a pack reload) built out of the garbage collector's sight.
+
+    Packs, templates, SQLAlchemy's and the adapters' objects live as long as the process; a full
+    collection walking all of them stopped the event loop for ~50 ms now and then, which was the
+    chat's p99. Frozen, a full collection walks only what came after (~10 ms). Unfreezing first
+    lets a reload's discarded packs be collected instead of kept forever. After a start that held the
+    collector off (`hold_collections`) the heap is frozen as it stands, without the full collection:
+    the few hundred unreachable objects it would free are not worth 0.1 s before the first answer,
+    and the next reload's collection frees them.
+
+    Young objects are collected every `YOUNG_OBJECTS` allocations instead of Python's 700: with a
+    hundred commands in flight their objects outlived the young collections, were promoted, and
+    every tenth promotion walked the whole heap (25 full collections per 20,000 commands, 9% of the
+    chat's throughput); at 10,000 it is one.
+    """
+    gc.unfreeze()
+    if gc.isenabled():
+        gc.collect()
+    gc.freeze()
+    gc.set_threshold(YOUNG_OBJECTS, *gc.get_threshold()[1:])
+    gc.enable()
