@@ -77,7 +77,7 @@ from adapters.loopback import LoopbackAdapter
 from bench.metrics_cost import compare
 from bench.spread import median_interval, verdict
 from bot.app import Squall
-from bot.service import settle_heap
+from bot.heap import settle_heap
 from engine.config import load_config
 
 BENCH = Path(__file__).resolve().parent
