@@ -1,18 +1,23 @@
 """The cyclic garbage collector around a long-running process's start (`squall serve`, `squall worker`).
 
-Imports nothing but `gc`, so a command can hold the collector off before it imports the service.
+Imports only the standard library, so a command can hold the collector off before it imports the service.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
+from collections.abc import Iterator
 
 #: Allocations between two collections of young objects (`gc.set_threshold`'s first number).
 YOUNG_OBJECTS = 10_000
 
 
-def hold_collections() -> None:
-    """No cyclic collection while the process starts, until `settle_heap`.
+@contextlib.contextmanager
+def collections_held() -> Iterator[None]:
+    """No cyclic collection while the process starts, until `settle_heap` enables it once up; at the
+    block's end the collector is as it was before, should the start fail first (a command the tests run
+    in-process went on without a collector).
 
     Start-up builds ~200k objects that live as long as the process (modules, FastAPI's routes and
     pydantic's schemas, SQLAlchemy's tables, the packs) and leaves only ~300 unreachable ones. The
@@ -20,7 +25,13 @@ def hold_collections() -> None:
     walked the whole heap once more before the first request could be answered: together 0.2 s of
     `squall serve`'s ~1.4 s start.
     """
+    enabled = gc.isenabled()
     gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def settle_heap() -> None:
@@ -30,7 +41,7 @@ def settle_heap() -> None:
     collection walking all of them stopped the event loop for ~50 ms now and then, which was the
     chat's p99. Frozen, a full collection walks only what came after (~10 ms). Unfreezing first
     lets a reload's discarded packs be collected instead of kept forever. After a start that held the
-    collector off (`hold_collections`) the heap is frozen as it stands, without the full collection:
+    collector off (`collections_held`) the heap is frozen as it stands, without the full collection:
     the few hundred unreachable objects it would free are not worth 0.1 s before the first answer,
     and the next reload's collection frees them.
 

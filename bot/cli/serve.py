@@ -35,13 +35,17 @@ def chat(
 
 def serve() -> None:
     """Run the service: recover pending work, run requested executions, until Ctrl-C."""
+    from bot.heap import collections_held
+
+    with collections_held():  # from before the imports until serve_forever settles the heap, once it serves
+        _serve()
+
+
+def _serve() -> None:
     import asyncio
     import contextlib
     import signal
 
-    from bot.heap import hold_collections
-
-    hold_collections()  # until serve_forever settles the heap, once it serves
     from adapters.base import AdapterConfigError
     from bot.service import serve_forever
     from engine.config import ConfigError
@@ -116,11 +120,16 @@ def worker(
     health_host: Annotated[str, typer.Option("--health-host", help="Address of the health port.")] = "127.0.0.1",
 ) -> None:
     """Run queued executions (executor.kind: procrastinate): on any machine that reaches the database."""
+    from bot.heap import collections_held
+
+    with collections_held():  # from before the imports until work settles the heap, once it takes jobs
+        _work(queues, concurrency, drain, health_port, health_host)
+
+
+def _work(queues: str | None, concurrency: int, drain: float | None, health_port: int | None,
+          health_host: str) -> None:
     import asyncio
 
-    from bot.heap import hold_collections
-
-    hold_collections()  # until work settles the heap, once it takes jobs
     from bot.worker import work
     from engine.config import ConfigError
     from engine.logs import configure as configure_logging
