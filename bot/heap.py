@@ -11,6 +11,8 @@ from collections.abc import Iterator
 
 #: Allocations between two collections of young objects (`gc.set_threshold`'s first number).
 YOUNG_OBJECTS = 10_000
+#: Whether a start holds the collector off (`collections_held`) and has not settled the heap yet.
+_held = False
 
 
 @contextlib.contextmanager
@@ -25,11 +27,14 @@ def collections_held() -> Iterator[None]:
     walked the whole heap once more before the first request could be answered: together 0.2 s of
     `squall serve`'s ~1.4 s start.
     """
+    global _held
     enabled = gc.isenabled()
     gc.disable()
+    _held = True
     try:
         yield
     finally:
+        _held = False
         if enabled:
             gc.enable()
 
@@ -41,18 +46,22 @@ def settle_heap() -> None:
     collection walking all of them stopped the event loop for ~50 ms now and then, which was the
     chat's p99. Frozen, a full collection walks only what came after (~10 ms). Unfreezing first
     lets a reload's discarded packs be collected instead of kept forever. After a start that held the
-    collector off (`collections_held`) the heap is frozen as it stands, without the full collection:
-    the few hundred unreachable objects it would free are not worth 0.1 s before the first answer,
-    and the next reload's collection frees them.
+    collector off (`collections_held`) the heap is frozen as it stands, without the full collection,
+    and the collector runs again: the few hundred unreachable objects it would free are not worth
+    0.1 s before the first answer, and the next reload's collection frees them. Otherwise (a reload,
+    or serve run in-process by errbot's plugin or the tests) the collector is left on or off as it was.
 
     Young objects are collected every `YOUNG_OBJECTS` allocations instead of Python's 700: with a
     hundred commands in flight their objects outlived the young collections, were promoted, and
     every tenth promotion walked the whole heap (25 full collections per 20,000 commands, 9% of the
     chat's throughput); at 10,000 it is one.
     """
+    global _held
     gc.unfreeze()
-    if gc.isenabled():
+    if _held:
+        _held = False
+        gc.enable()
+    else:
         gc.collect()
     gc.freeze()
     gc.set_threshold(YOUNG_OBJECTS, *gc.get_threshold()[1:])
-    gc.enable()
