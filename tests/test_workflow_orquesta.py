@@ -1289,7 +1289,7 @@ async def test_a_canceled_action_chain_calling_itself_keeps_a_bounded_result(rec
         return tree if all(row["status"] == "canceled" for row in tree) else None
 
     tree = await until(all_canceled, "every ActionChain under the canceled one to end canceled", seconds=60)
-    assert len(tree) > 150
+    assert len(tree) >= 150  # `_nested` saw more than 150 runs of the chain, the root among them
     by_id = {row["id"]: row for row in tree}
 
     def shown(result: Any) -> tuple[int, Any]:
