@@ -39,7 +39,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.spread import median_interval, verdict
 
-REPO = Path(__file__).resolve().parent.parent
 SQUALL = Path(sys.executable).parent / "squall"
 #: The children write bytecode caches (the warm-up round is there for that) even if this shell says not to:
 #: with PYTHONDONTWRITEBYTECODE=1 every start compiled Squall's own modules again (~0.2 s).
