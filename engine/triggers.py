@@ -325,17 +325,30 @@ class TriggerService:
 
         A claim the database fails is tried again until it answers (`_through_outage`): left `pending`,
         the instance waited for the minute sweep. Should a failed try have committed (its answer lost),
-        the next finds it claimed, by this process: the sweep takes that up (`_resume_held`)."""
+        the next finds it claimed by this process, and goes on with it (`_claim`)."""
         if not resumed:
             LEDGER.ensure()  # the owner file says this process lives (to other containers) before it claims
             try:
-                claimed = await self._through_outage(record, "claiming", lambda _again: self.db(
-                    self.db.store.trigger_instance_claim, record["id"], self.owner))
+                claimed = await self._through_outage(record, "claiming", lambda again: self._claim(record, again))
             except _Stopping:
-                return  # still `pending`: whichever process sweeps next claims it
+                return  # still `pending`, or this process's: whichever sweeps next takes it
             if not claimed:
                 return
         await self._handle(record, resumed)
+
+    async def _claim(self, record: Mapping[str, Any], again: bool) -> bool:
+        """Claim `record` for this process; `again`: a try after one the database failed. That one may
+        have committed before its answer was lost (the server cut the connection after the commit): the
+        instance is then this process's already, found so here, where it waited for the minute sweep's
+        second look (`_resume_held`: one to two minutes) before. No other task of this process works on
+        it: its claim was this call's."""
+        store = self.db.store
+        if await self.db(store.trigger_instance_claim, record["id"], self.owner):
+            return True
+        if not again:
+            return False
+        row = await self.db(store.trigger_instance_get, record["id"])
+        return row is not None and row["status"] == "processing" and row.get("owner") == self.owner
 
     async def _handle(self, record: dict[str, Any], resumed: bool) -> None:
         """Hand an instance this process holds (`processing`, claimed by it) to the processors that

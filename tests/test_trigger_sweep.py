@@ -1,20 +1,23 @@
 """A serve node's own trigger instances, looked after by its own sweeps.
 
 Nobody takes over what a live process holds `processing`, so an instance whose task was lost inside a
-live node (or whose claim's answer the database lost) stayed `processing` for as long as that node
-lived. The node's minute sweep (`TriggerService.recover`) now takes up again what it holds with no
-task of its own on it, once two looks a grace apart found it so (its clock is the test's), resumed: a
-rule that acted before the task was lost does not act again. An instance a task still works on is
-left to it. (A claim the database fails is tried again at once: tests/test_scaleout_triggers.py.)"""
+live node stayed `processing` for as long as that node lived. The node's minute sweep
+(`TriggerService.recover`) now takes up again what it holds with no task of its own on it, once two
+looks a grace apart found it so (its clock is the test's), resumed: a rule that acted before the task
+was lost does not act again. An instance a task still works on is left to it. A claim the database
+fails is tried again at once (tests/test_scaleout_triggers.py), and one whose answer it lost after
+the commit is found this node's by the next try and processed then, not left to the sweep."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from bot.service import POLL_SECONDS, PURGE_SECONDS, Housekeeping
 from engine import triggers
@@ -118,6 +121,37 @@ async def test_the_sweep_leaves_an_instance_a_task_of_this_node_still_works_on(
         await squall.rules.settle()
         assert calls == [False]
         assert _instance_row(squall.store, record["id"])["status"] == "processed"
+        assert await _acted(squall, record["id"]) == (Counter(RULES), Counter(RULES))
+    finally:
+        await squall.close()
+
+
+async def test_a_claim_whose_answer_was_lost_is_processed_by_the_next_try_not_left_for_the_sweep(
+        six_rules: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The claim commits, then the database fails the call (its answer lost: the server cut the
+    connection after the commit). The try after it finds the instance claimed by this node and processes
+    it then: it used to return, the instance `processing` with no task on it until the minute sweep's
+    second look, one to two minutes later. Each rule acts once."""
+    monkeypatch.setattr(triggers, "END_RETRY_SECONDS", (0.01, 0.02))
+    squall = await started(six_rules)
+    store = squall.store
+    claim, answers = store.trigger_instance_claim, []
+
+    def answer_lost(instance_id: str, owner: str) -> bool:
+        claimed = claim(instance_id, owner)
+        answers.append(claimed)
+        if len(answers) == 1:  # committed with its group, then lost on the way back
+            raise sa.exc.OperationalError("UPDATE trigger_instances ...", {},
+                                          sqlite3.OperationalError("disk I/O error"))
+        return claimed
+
+    monkeypatch.setattr(store, "trigger_instance_claim", answer_lost)
+    try:
+        record = await squall.triggers.dispatch("demo.event", {"n": 7})
+        await squall.triggers.settle()
+        await squall.rules.settle()
+        assert answers == [True, False]  # the second try found it claimed: by this node, it went on
+        assert _instance_row(store, record["id"])["status"] == "processed"
         assert await _acted(squall, record["id"]) == (Counter(RULES), Counter(RULES))
     finally:
         await squall.close()
