@@ -507,7 +507,7 @@ async def _end_lost(executions: ExecutionService, record: dict[str, Any], why: s
         done = await executions.complete(record["id"], "canceled", {
             **(record.get("result") or {}), "error": "canceled by request; its worker stopped"}, ("canceling",))
         return "canceled" if done is not None else None
-    done = await executions.complete(record["id"], "abandoned", _lost(record), _LIVE,
+    done = await executions.complete(record["id"], "abandoned", _lost(record, why), _LIVE,
                                      _abandoned_event(record, why, worker))
     return "abandoned" if done is not None else None
 
@@ -557,13 +557,15 @@ def _unattended(store: Store, runners: list[str]) -> list[Unattended]:
                                                       "live": list(_CHILD_LIVE)})]
 
 
-def _lost(record: dict[str, Any]) -> dict[str, Any]:
-    """The result of an action a reaper ends `abandoned`: marked so (`ABANDONED_BY`), so that its workflow
-    runs the task again."""
+def _lost(record: dict[str, Any], why: str) -> dict[str, Any]:
+    """The result of an action a reaper ends `abandoned`, saying where it ran and `why` it was ended, as its
+    audit event does: its worker stopped answering, its worker is gone (stopped and unregistered), or its
+    job ended without it. (Every such end said "stopped answering" before.) Marked so (`ABANDONED_BY`),
+    so that its workflow runs the task again."""
     info = record.get("runner_info") or {}
     return {**(record.get("result") or {}),
-            "error": f"Squall stopped running it: its worker ({info.get('worker') or 'unknown'} on "
-                     f"{info.get('hostname') or 'an unknown host'}) stopped answering for {STALLED_SECONDS:.0f} s",
+            "error": f"Squall stopped running it on {info.get('worker') or 'an unknown worker'} "
+                     f"({info.get('hostname') or 'an unknown host'}): {why}",
             ABANDONED_BY: "reaper"}
 
 

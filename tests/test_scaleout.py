@@ -832,14 +832,17 @@ async def test_an_action_whose_job_ended_first_is_ended_by_the_reaper(home: Path
     """A reaping pass cut short after it failed a dead worker's job (its node killed) left the
     execution `running` for ever: later passes only look at jobs still `doing`. Now the execution
     ends first, and a sweep ends any action whose job ended without it, audited with why
-    (`reaper.execution.abandon`: the trail had no event for it)."""
+    (`reaper.execution.abandon`: the trail had no event for it). The execution's error says the same
+    why, where it ran, as does that of an action whose worker is gone (it said "stopped answering" for
+    every one)."""
     from bot.app import Squall
     from engine.jobs import REAPER_ABANDON, defer, reap_stalled
 
     squall = await Squall.start(load_config(_home(home, postgres_url) / "config.yml"))
     executions, store = squall.executions, squall.store
     try:
-        for cut_after_the_job in (False, True):
+        for case in ("worker gone", "pass cut short", "job failed"):
+            cut_after_the_job = case == "job failed"
             asked = await executions.request("demo.hello", {"who": "x"})
             defer(store, asked["id"], "default")
             with store.engine.begin() as conn:  # a worker took it, claimed it, then was SIGKILLed
@@ -851,7 +854,7 @@ async def test_an_action_whose_job_ended_first_is_ended_by_the_reaper(home: Path
             if cut_after_the_job:  # the job failed, the execution not ended: the node died in between
                 with store.engine.begin() as conn:
                     conn.execute(sa.text("SELECT procrastinate_finish_job_v1(:j, 'failed', false)"), {"j": job})
-            else:  # the pass is cut short where the old order had failed the job already
+            elif case == "pass cut short":  # where the old order had failed the job already
                 real = executions.complete
 
                 async def dies(*args: Any, **kwargs: Any) -> Any:
@@ -866,7 +869,10 @@ async def test_an_action_whose_job_ended_first_is_ended_by_the_reaper(home: Path
             assert row["status"] == "abandoned", (cut_after_the_job, row["status"])
             [event] = [e for e in store.audit_list(event=REAPER_ABANDON) if e["target"] == asked["id"]]
             assert (event["detail"]["worker"], event["detail"]["job_id"]) == ("dead:1", job)
-            assert "its job ended without it" in event["detail"]["reason"], event["detail"]
+            why = ("its worker is gone (its procrastinate entry was removed: it unregistered, or was pruned)"
+                   if case == "worker gone" else "its job ended without it (its end could not be stored)")
+            assert event["detail"]["reason"] == why, event["detail"]
+            assert row["result"]["error"] == f"Squall stopped running it on dead:1 (elsewhere): {why}", row["result"]
     finally:
         await squall.close()
 
