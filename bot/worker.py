@@ -21,7 +21,8 @@ else `executor.shutdown_grace`, as `squall serve` lets its own; what still runs 
 named in one warning and audited, `WORKER_ABANDON`, their error saying why), the worker beating meanwhile.
 Workflows need no hand-back: between steps no worker holds them. A second signal ends the drain at once:
 what still runs is cut short as at the drain's end, its end stored before the engine closes (closed
-under it, the ends failed and the process hung for good). Should the process die first, the reaper of
+under it, the ends failed and the process hung for good), and a job fetched meanwhile goes back to its
+queue unstarted (`JobWorker._process_job`). Should the process die first, the reaper of
 another node ends its executions within `engine.jobs.STALLED_SECONDS`.
 
 procrastinate's worker loop runs as `JobWorker`, which outlasts a database outage (see there).
@@ -230,6 +231,26 @@ class JobWorker(procrastinate_worker.Worker):
         is away: `ExecutionService._stored_end` and `_persist_job_status` stop trying once stopping)."""
         self.stop()
         self._cut_running(now=True)
+
+    async def _process_job(self, context: job_context.JobContext) -> None:
+        """Run a job, unless a second stop signal cut the running ones short before it started: its fetch
+        was in flight then, and procrastinate starts what a fetch brings even once stopping. Such a job
+        goes back to its queue unstarted (`retry_job`), for another worker. It ran before, under no cut
+        (the cut is made once), so the stop signalled to be now waited for it to finish. Should the
+        database refuse it back, it runs as before."""
+        if self._cut:
+            job = context.job
+            try:
+                await self.app.job_manager.retry_job(job)
+            except procrastinate_exceptions.ConnectorException as exc:
+                log.warning("squall worker %s: job %s, fetched as it was stopping now, could not go back to its "
+                            "queue (%s); it runs here", self.worker_name, job.id, _cause(exc))
+            else:
+                log.warning("squall worker %s: job %s (execution %s), fetched as it was stopping now, went back to "
+                            "its queue unstarted", self.worker_name, job.id,
+                            (job.task_kwargs or {}).get("execution_id"))
+                return
+        await super()._process_job(context)
 
     async def _abort_running_jobs(self) -> None:
         """The drain ran out: the jobs still running are cut short, said first (`cut_short`)."""

@@ -6,6 +6,7 @@ names the worker and audits the end)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -177,3 +178,56 @@ def test_a_workflows_task_a_drain_cut_short_runs_again_on_another_worker(cluster
     cut = tasks[0]["result"]
     assert f":{stopping.pid} was stopped and its drain (1 s) ran out" in cut["error"] and cut[ABANDONED_BY] == "drain"
     assert marker.read_text() == "ran\n"  # the cut run never finished; the task ran to its end once
+
+
+async def test_a_job_fetched_as_a_second_signal_cuts_the_running_ones_goes_back_to_its_queue(
+        postgres_url: str) -> None:
+    """A job whose fetch was in flight when a second stop signal cut the running jobs short started after
+    the cut, under no cut at all: the stop meant to be now waited for it to finish (for ever without a
+    drain). It goes back to its queue unstarted now, for another worker, and the worker stops at once."""
+    from procrastinate import App, PsycopgConnector
+
+    from bot.worker import JobWorker
+    from engine.storage import Store
+    from engine.wakeups import libpq_url
+
+    Store.open(postgres_url).close()  # the schema, procrastinate's tables among it
+    app = App(connector=PsycopgConnector(conninfo=libpq_url(postgres_url), min_size=1, max_size=4))
+    started: list[int] = []
+
+    @app.task(name="nap", retry=False)
+    async def nap(n: int) -> None:
+        started.append(n)
+        await asyncio.sleep(120)
+
+    cut: list[tuple[list[str], bool]] = []
+    async with app.open_async():
+        first, second = await nap.defer_async(n=1), await nap.defer_async(n=2)
+        fetch = app.job_manager.fetch_job
+        fetched, release = asyncio.Event(), asyncio.Event()
+
+        async def held_fetch(queues: Any, worker_id: int) -> Any:
+            job = await fetch(queues=queues, worker_id=worker_id)
+            if job is not None and job.id == second:  # in flight as the second signal comes
+                fetched.set()
+                await release.wait()
+            return job
+
+        app.job_manager.fetch_job = held_fetch  # type: ignore[method-assign]
+        runner = JobWorker(app, postgres_url, lambda ids, _drain, now: cut.append((ids, now)), concurrency=2,
+                           name="cut-test", shutdown_graceful_timeout=None, install_signal_handlers=False)
+        running = asyncio.create_task(runner.run())
+        await asyncio.wait_for(fetched.wait(), 30)
+        while not started:
+            await asyncio.sleep(0.01)
+        runner.stop()  # the first signal: the drain (no end: `shutdown_graceful_timeout` None)
+        runner.stop_now()  # the second: what runs is cut short now
+        release.set()
+        await asyncio.wait_for(running, 30)  # the job fetched meanwhile does not hold the stop up
+        async with app.connector.pool.connection() as conn, conn.cursor() as cursor:
+            await cursor.execute("SELECT id, status FROM procrastinate_jobs ORDER BY id")
+            statuses = dict(await cursor.fetchall())
+    assert started == [1]  # the second job never started here
+    assert [now for _ids, now in cut] == [True]  # the first was cut short, once
+    assert statuses[second] == "todo", statuses  # back in its queue, for another worker
+    assert statuses[first] != "doing", statuses
