@@ -165,6 +165,9 @@ def home(home: Path) -> Path:
                     while not os.path.exists(value) or not open(value).read():
                         time.sleep(0.01)
                     os._exit(3)
+                if mode == "tool":  # a program found on the PATH by name
+                    import subprocess
+                    return subprocess.run([value], capture_output=True, text=True, check=True).stdout
                 if mode == "env":
                     names = json.loads(value)
                     return {name: os.environ.get(name) for name in names}
@@ -704,6 +707,20 @@ async def test_environment_of_the_action(squall: Squall, monkeypatch: pytest.Mon
     second = await squall.executions.wait(again["id"], timeout=60)
     assert second["result"]["result"]["FOO"] is None
     assert second["result"]["result"]["ST2_ACTION_EXECUTION_ID"] == again["id"]
+
+
+async def test_an_action_runs_the_tools_of_its_packs_virtualenv_by_name(squall: Squall) -> None:
+    """StackStorm's python runner puts the pack virtualenv's `bin` first on an action's PATH (its sandbox
+    path), so an action runs the tools its pack's requirements installed by name: the Exchange `ansible`
+    pack's actions call `ansible-playbook`, which Squall's did not find. Ahead of the service's own PATH."""
+    tool = squall.config.virtualenvs_path / PACK / "bin" / "squall-pack-tool"
+    write(tool, "#!/bin/sh\necho \"from the pack's virtualenv\"\n")
+    tool.chmod(0o755)
+    done = await behave(squall, "tool", "squall-pack-tool")
+    assert done["status"] == "succeeded", done["result"]
+    assert done["result"]["result"] == "from the pack's virtualenv\n"
+    path = (await behave(squall, "env", json.dumps(["PATH"])))["result"]["result"]["PATH"].split(os.pathsep)
+    assert path[0] == str(tool.parent) and path[1:] == os.environ["PATH"].split(os.pathsep)
 
 
 async def test_threads_calling_the_datastore_at_once_each_get_their_own_answer(squall: Squall) -> None:

@@ -177,6 +177,9 @@ async def spawn_pack_process(script: Path, pack_path: Path, venv: Path, *, cwd: 
     request_read, request_write = os.pipe()
     reply_read, reply_write = os.pipe()
     env = inherited_environment(run_as)
+    # The pack virtualenv's tools first, as st2's sandbox PATH puts them: the Exchange `ansible` pack runs
+    # `ansible-playbook` by name, which its requirements installed there.
+    env["PATH"] = os.pathsep.join([str(venv / "bin"), env.get("PATH") or os.defpath])
     env["PYTHONPATH"] = _pythonpath(pack_path, venv)
     env[PACK_PATH_VARIABLE] = str(pack_path)  # for /opt/stackstorm/packs/<pack> paths (squall_paths.py)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
