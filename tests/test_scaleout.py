@@ -842,7 +842,6 @@ async def test_an_action_whose_job_ended_first_is_ended_by_the_reaper(home: Path
     executions, store = squall.executions, squall.store
     try:
         for case in ("worker gone", "pass cut short", "job failed"):
-            cut_after_the_job = case == "job failed"
             asked = await executions.request("demo.hello", {"who": "x"})
             defer(store, asked["id"], "default")
             with store.engine.begin() as conn:  # a worker took it, claimed it, then was SIGKILLed
@@ -851,7 +850,7 @@ async def test_an_action_whose_job_ended_first_is_ended_by_the_reaper(home: Path
                              {"j": job})
             store.update_execution(asked["id"], {"status": "running", "runner_info": {
                 "job_id": job, "worker": "dead:1", "hostname": "elsewhere", "pid": 1}})
-            if cut_after_the_job:  # the job failed, the execution not ended: the node died in between
+            if case == "job failed":  # the job failed, the execution not ended: the node died in between
                 with store.engine.begin() as conn:
                     conn.execute(sa.text("SELECT procrastinate_finish_job_v1(:j, 'failed', false)"), {"j": job})
             elif case == "pass cut short":  # where the old order had failed the job already
@@ -866,7 +865,7 @@ async def test_an_action_whose_job_ended_first_is_ended_by_the_reaper(home: Path
                 monkeypatch.setattr(executions, "complete", real)
             await reap_stalled(executions, squall.jobs)
             row = store.get_execution(asked["id"])
-            assert row["status"] == "abandoned", (cut_after_the_job, row["status"])
+            assert row["status"] == "abandoned", (case, row["status"])
             [event] = [e for e in store.audit_list(event=REAPER_ABANDON) if e["target"] == asked["id"]]
             assert (event["detail"]["worker"], event["detail"]["job_id"]) == ("dead:1", job)
             why = ("its worker is gone (its procrastinate entry was removed: it unregistered, or was pruned)"

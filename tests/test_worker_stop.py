@@ -16,10 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from procrastinate import App, PsycopgConnector
 
-from bot.worker import WORKER_ABANDON
+from bot.worker import WORKER_ABANDON, JobWorker
 from engine.executions import ABANDONED_BY
 from engine.jobs import REAPER_ABANDON, STALLED_SECONDS
+from engine.storage import Store
+from engine.wakeups import libpq_url
 from tests.conftest import write
 from tests.test_scaleout import Cluster, _home
 
@@ -185,12 +188,6 @@ async def test_a_job_fetched_as_a_second_signal_cuts_the_running_ones_goes_back_
     """A job whose fetch was in flight when a second stop signal cut the running jobs short started after
     the cut, under no cut at all: the stop meant to be now waited for it to finish (for ever without a
     drain). It goes back to its queue unstarted now, for another worker, and the worker stops at once."""
-    from procrastinate import App, PsycopgConnector
-
-    from bot.worker import JobWorker
-    from engine.storage import Store
-    from engine.wakeups import libpq_url
-
     Store.open(postgres_url).close()  # the schema, procrastinate's tables among it
     app = App(connector=PsycopgConnector(conninfo=libpq_url(postgres_url), min_size=1, max_size=4))
     started: list[int] = []
