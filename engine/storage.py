@@ -617,12 +617,29 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     # First, so that even switching a new file to WAL waits for another process instead of failing.
     cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    cursor.execute("PRAGMA journal_mode=WAL")
+    _switch_to_wal(cursor)
     # WAL with synchronous=NORMAL survives a process crash without losing commits; only an OS crash
     # or power loss can lose the last transactions, the trade StackStorm users expect of an embedded DB.
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _switch_to_wal(cursor: sqlite3.Cursor) -> None:
+    """`PRAGMA journal_mode=WAL`, tried again for up to `BUSY_TIMEOUT_MS` while the database is locked.
+    Processes opening a new file at once each switch it: the switch reads (a shared lock), then wants the
+    exclusive one, and SQLite refuses one of two such readers at once, without its busy handler (the
+    deadlock between upgrading readers `LOCK_RETRY_PAUSE` is for). That refused `Store.open` in three of
+    the four processes of `test_processes_opening_a_new_database_at_once_all_succeed`, in one CI run."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(LOCK_RETRY_PAUSE)
 
 
 def _on_nowait_connect(dbapi_connection: Any, _record: Any) -> None:
